@@ -1,0 +1,476 @@
+//! perfreport: turns one `perf/run` result file (perf/history/*.json) into
+//! perf/RESULTS.md and SVG plots under perf/plots/.
+//!
+//! `perfreport [--input FILE] [--out perf/RESULTS.md] [--plots perf/plots]`; without
+//! `--input` the newest file in perf/history/ is used. Paths are relative to the
+//! current directory (perf/run runs it from the repository root).
+
+mod plots;
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+const ENGINE_ORDER: [&str; 4] = ["tickwire", "baseline", "ws", "nats"];
+
+fn main() -> Result<()> {
+    let mut input: Option<PathBuf> = None;
+    let mut out = PathBuf::from("perf/RESULTS.md");
+    let mut plots_dir = PathBuf::from("perf/plots");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut v = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--input" => input = Some(v()?.into()),
+            "--out" => out = v()?.into(),
+            "--plots" => plots_dir = v()?.into(),
+            _ => bail!("usage: perfreport [--input FILE] [--out FILE] [--plots DIR]"),
+        }
+    }
+    let input = match input {
+        Some(p) => p,
+        None => newest(Path::new("perf/history"))?,
+    };
+    let run: Value = serde_json::from_str(
+        &fs::read_to_string(&input).with_context(|| format!("reading {}", input.display()))?,
+    )
+    .with_context(|| format!("parsing {}", input.display()))?;
+
+    fs::create_dir_all(&plots_dir)?;
+    let rel_plots = relative_to(&plots_dir, out.parent().unwrap_or(Path::new(".")));
+    let figs = plots::render_all(&run, &plots_dir)?;
+    let md = render_markdown(&run, &input, &rel_plots, &figs);
+    fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "perfreport: wrote {} and {} plot(s) in {}",
+        shown_path(&out),
+        figs.len(),
+        shown_path(&plots_dir)
+    );
+    Ok(())
+}
+
+/// A path as written in the report: relative to the current directory when possible,
+/// so reports never carry machine-specific prefixes.
+fn shown_path(p: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| p.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
+fn newest(dir: &Path) -> Result<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    // Names start with the date, so the newest sorts last; mtime breaks ties.
+    files.sort_by_key(|p| (fs::metadata(p).and_then(|m| m.modified()).ok(), p.clone()));
+    files.pop().context("no result files in perf/history")
+}
+
+/// `plots` as seen from `base` when both are relative to the same directory.
+fn relative_to(plots: &Path, base: &Path) -> String {
+    match plots.strip_prefix(base) {
+        Ok(p) if !base.as_os_str().is_empty() => p.display().to_string(),
+        _ => plots.display().to_string(),
+    }
+}
+
+/// Results of one scenario in a stable engine order.
+pub fn results_for<'a>(run: &'a Value, scen: &str) -> Vec<&'a Value> {
+    let mut v: Vec<&Value> = run["results"]
+        .as_array()
+        .map(|a| a.iter().filter(|r| r["scenario"] == scen).collect())
+        .unwrap_or_default();
+    v.sort_by_key(|r| {
+        let e = r["engine"].as_str().unwrap_or("");
+        ENGINE_ORDER.iter().position(|x| *x == e).unwrap_or(99)
+    });
+    v
+}
+
+pub fn f(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+fn fmt_rate(v: Option<f64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(x) if x >= 1e6 => format!("{:.2} M", x / 1e6),
+        Some(x) if x >= 1e3 => format!("{:.1} k", x / 1e3),
+        Some(x) => format!("{x:.0}"),
+    }
+}
+
+fn fmt_us(v: Option<f64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(x) if x >= 1e6 => format!("{:.2} s", x / 1e6),
+        Some(x) if x >= 1e4 => format!("{:.1} ms", x / 1e3),
+        Some(x) if x >= 1e3 => format!("{:.2} ms", x / 1e3),
+        Some(x) => format!("{x:.0} µs"),
+    }
+}
+
+fn fmt_num(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".into(), |x| format!("{x:.digits$}"))
+}
+
+fn fmt_int(v: &Value) -> String {
+    v.as_u64()
+        .map(|x| x.to_string())
+        .or_else(|| v.as_f64().map(|x| format!("{x:.0}")))
+        .unwrap_or_else(|| "–".into())
+}
+
+/// `x / base` as "1.23×", or a dash when either side is missing.
+fn ratio(x: Option<f64>, base: Option<f64>) -> String {
+    match (x, base) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "–".into(),
+    }
+}
+
+fn engine_cell(r: &Value) -> String {
+    let e = r["engine"].as_str().unwrap_or("?");
+    match r["status"].as_str() {
+        Some("ok") | None => format!("**{e}**"),
+        Some(s) => format!("**{e}** ({s})"),
+    }
+}
+
+fn render_markdown(run: &Value, input: &Path, plots: &str, figs: &[String]) -> String {
+    let mut md = String::new();
+    let m = &run["machine"];
+    let date = run["date"].as_str().unwrap_or("?");
+    let rev = run["git_rev"].as_str().unwrap_or("?");
+    let dirty = if run["git_dirty"].as_bool() == Some(true) {
+        " (with uncommitted changes)"
+    } else {
+        ""
+    };
+    let _ = writeln!(md, "# tickwire performance results\n");
+    let _ = writeln!(
+        md,
+        "Generated by `perf/run` and `perfreport` from `{}`: run of **{date}** at git revision \
+         **{rev}**{dirty}.{}\n",
+        shown_path(input),
+        if run["quick"].as_bool() == Some(true) {
+            " **Quick smoke run** (small counts, short durations): \
+             not representative figures."
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        md,
+        "Machine: {} × {}, {} MiB RAM, Linux {}. Toolchain: {}; node {} with ws {}; {}. \
+         tickwire `--workers {}`. Load average at start {}, at end {}.\n",
+        m["cpus"],
+        m["cpu_model"].as_str().unwrap_or("?"),
+        m["mem_mib"],
+        m["kernel"].as_str().unwrap_or("?"),
+        m["rustc"].as_str().unwrap_or("?"),
+        m["node"].as_str().unwrap_or("?"),
+        m["ws"].as_str().unwrap_or("?"),
+        m["nats_server"].as_str().unwrap_or("?"),
+        run["tickwire_workers"],
+        fmt_num(f(&m["loadavg_at_start"]), 2),
+        fmt_num(f(&m["loadavg_at_end"]), 2),
+    );
+    let _ = writeln!(
+        md,
+        "> **Read with care.** Server, load generator and feed simulator share the same cores \
+         on one machine, so the load generator's own CPU (last column) competes with the server \
+         and caps what can be measured. Absolute figures move from run to run by tens of \
+         percent; compare engines *within one run* (the ratio columns, baseline = 1.00×), not \
+         across runs or machines. Latency is measured from the feed's intended send time to \
+         receipt, so it includes queueing in the feed, the server and the client. CPU µs per \
+         delivery is the server's utime+stime over the measured window divided by the \
+         deliveries the load generator counted. The baseline is a single-threaded raw-TCP \
+         broadcaster with no per-client protocol work: a yardstick for what the kernel allows, \
+         not a competitor.\n"
+    );
+
+    let params = &run["params"];
+    for scen in run["scenarios"].as_array().into_iter().flatten() {
+        let Some(s) = scen.as_str() else { continue };
+        let p = &params[s];
+        let _ = writeln!(
+            md,
+            "## {s}: {}\n\n{}\n",
+            p["title"].as_str().unwrap_or(""),
+            describe(s, p)
+        );
+        let rs = results_for(run, s);
+        match s {
+            "S2" => table_s2(&mut md, &rs),
+            "S5" => table_s5(&mut md, &rs),
+            _ => table_fanout(&mut md, &rs, s == "S4"),
+        }
+        for r in &rs {
+            if let Some(e) = r["error"].as_str().or(r["note"].as_str()) {
+                let _ = writeln!(md, "- {}: {e}", r["engine"].as_str().unwrap_or("?"));
+            }
+        }
+        md.push('\n');
+        for fig in figs
+            .iter()
+            .filter(|x| x.contains(&format!("_{s}")) || x.starts_with(&s.to_lowercase()))
+        {
+            let _ = writeln!(md, "![{fig}]({plots}/{fig})\n");
+        }
+    }
+    let _ = writeln!(
+        md,
+        "---\nRegenerate with `perf/run` (full matrix, ~15 min) or `perf/run --quick`; \
+         see perf/README.md."
+    );
+    md
+}
+
+fn describe(s: &str, p: &Value) -> String {
+    let n = fmt_int(&p["connections"]);
+    let d = fmt_int(&p["duration"]);
+    match s {
+        "S1" => format!(
+            "{n} connections all subscribed to one channel, {} ticks/s, {d} s measured.",
+            fmt_int(&p["rate"])
+        ),
+        "S2" => format!(
+            "{n} connections on one channel; the tick rate is stepped up ({} ticks/s, {d} s \
+             each) until delivery falls below 99.9% of offered, p99 exceeds 10× the first \
+             step's (and 10 ms), or clients are disconnected. The table shows the highest \
+             sustained step.",
+            p["steps"]
+                .as_array()
+                .map(|a| a.iter().map(fmt_int).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        ),
+        "S3" => format!(
+            "{n} connections each on {} of {} channels (Zipf), {} ticks/s over the same Zipf \
+             universe, {d} s measured. Offered deliveries depend on the draw, so there is no \
+             '% of offered'; gaps show loss or conflation.",
+            fmt_int(&p["per_client"]),
+            fmt_int(&p["universe"]),
+            fmt_int(&p["rate"])
+        ),
+        "S4" => format!(
+            "S1 ({n} connections, {} ticks/s) with {:.0}% slow clients reading at {} \
+             messages/s. Latency and gaps are for the fast clients; slow clients may be \
+             disconnected or conflated by design.",
+            fmt_int(&p["rate"]),
+            f(&p["slow_fraction"]).unwrap_or(0.0) * 100.0,
+            fmt_int(&p["slow_rate"])
+        ),
+        "S5" => format!(
+            "{n} idle subscribed connections, no ticks. RSS per connection = (RSS with the \
+             connections − RSS with none) / connections."
+        ),
+        "S6" => format!(
+            "{n} connections on one channel at {} ticks/s: does everything connect and stay \
+             connected?",
+            fmt_int(&p["rate"])
+        ),
+        _ => String::new(),
+    }
+}
+
+fn lat(r: &Value, k: &str) -> Option<f64> {
+    f(&r["loadgen"]["latency_us"][k])
+}
+
+fn table_fanout(md: &mut String, rs: &[&Value], slow: bool) {
+    let base = rs
+        .iter()
+        .find(|r| r["engine"] == "baseline" && r["status"] == "ok");
+    let bd = base.and_then(|b| f(&b["loadgen"]["deliveries_per_sec"]));
+    let bcpu = base.and_then(|b| f(&b["server"]["cpu_us_per_delivery"]));
+    let bp99 = base.and_then(|b| lat(b, "p99"));
+    let _ = writeln!(
+        md,
+        "| engine | delivered/s | % offered | vs baseline | p50 | p99 | p99 vs baseline | p99.9 \
+         | max | gaps | disc. | connected | CPU µs/deliv. | vs baseline | server CPU | RSS | \
+         loadgen CPU |{}",
+        if slow {
+            " slow: deliveries | slow: disc. |"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        md,
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|{}",
+        if slow { "--:|--:|" } else { "" }
+    );
+    for r in rs {
+        let lg = &r["loadgen"];
+        let d = f(&lg["deliveries_per_sec"]);
+        let off = f(&r["offered_deliveries_per_sec"]);
+        let pct = match (d, off) {
+            (Some(d), Some(o)) if o > 0.0 => format!("{:.1}%", 100.0 * d / o),
+            _ => "–".into(),
+        };
+        let cpu = f(&r["server"]["cpu_us_per_delivery"]);
+        let _ = write!(
+            md,
+            "| {} | {} | {pct} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} |",
+            engine_cell(r),
+            fmt_rate(d),
+            ratio(d, bd),
+            fmt_us(lat(r, "p50")),
+            fmt_us(lat(r, "p99")),
+            ratio(lat(r, "p99"), bp99),
+            fmt_us(lat(r, "p999")),
+            fmt_us(lat(r, "max")),
+            fmt_int(&lg["gaps"]),
+            fmt_int(&lg["disconnects"]),
+            fmt_int(&lg["connected"]),
+            fmt_int(&lg["connections"]),
+            fmt_num(cpu, 3),
+            ratio(cpu, bcpu),
+            f(&r["server"]["cpu_percent"]).map_or("–".into(), |x| format!("{x:.0}%")),
+            f(&r["server"]["rss_kib"]).map_or("–".into(), |x| format!("{:.0} MiB", x / 1024.0)),
+            f(&lg["loadgen_cpu_percent"]).map_or("–".into(), |x| format!("{x:.0}%")),
+        );
+        if slow {
+            let s = &lg["slow"];
+            let _ = write!(
+                md,
+                " {} | {} |",
+                fmt_int(&s["deliveries"]),
+                fmt_int(&s["disconnects"])
+            );
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+}
+
+fn best_step(r: &Value) -> Option<&Value> {
+    let i = r["best_step"].as_u64()? as usize;
+    r["steps"].get(i)
+}
+
+fn table_s2(md: &mut String, rs: &[&Value]) {
+    let base = rs
+        .iter()
+        .find(|r| r["engine"] == "baseline")
+        .and_then(|r| best_step(r));
+    let bd = base.and_then(|b| f(&b["loadgen"]["deliveries_per_sec"]));
+    let bcpu = base.and_then(|b| f(&b["server"]["cpu_us_per_delivery"]));
+    let _ = writeln!(
+        md,
+        "| engine | max sustained delivered/s | vs baseline | at ticks/s | p50 | p99 | p99.9 | \
+         max | CPU µs/deliv. | vs baseline | loadgen CPU | next step |"
+    );
+    let _ = writeln!(md, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|");
+    for r in rs {
+        let steps = r["steps"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        let next = steps
+            .iter()
+            .find(|s| s["sustained"] == false)
+            .map(|s| {
+                format!(
+                    "{} ticks/s: {} ({} delivered/s)",
+                    fmt_int(&s["rate"]),
+                    s["stop_reason"].as_str().unwrap_or("?"),
+                    fmt_rate(f(&s["loadgen"]["deliveries_per_sec"]))
+                )
+            })
+            .unwrap_or_else(|| "all steps sustained".into());
+        let Some(b) = best_step(r) else {
+            let _ = writeln!(
+                md,
+                "| {} | – | – | – | – | – | – | – | – | – | – | {next} |",
+                engine_cell(r)
+            );
+            continue;
+        };
+        let d = f(&b["loadgen"]["deliveries_per_sec"]);
+        let cpu = f(&b["server"]["cpu_us_per_delivery"]);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {next} |",
+            engine_cell(r),
+            fmt_rate(d),
+            ratio(d, bd),
+            fmt_int(&b["rate"]),
+            fmt_us(lat(b, "p50")),
+            fmt_us(lat(b, "p99")),
+            fmt_us(lat(b, "p999")),
+            fmt_us(lat(b, "max")),
+            fmt_num(cpu, 3),
+            ratio(cpu, bcpu),
+            f(&b["loadgen"]["loadgen_cpu_percent"]).map_or("–".into(), |x| format!("{x:.0}%")),
+        );
+    }
+    md.push('\n');
+    let _ = writeln!(
+        md,
+        "<details><summary>All steps</summary>\n\n| engine | ticks/s | offered/s | delivered/s \
+         | p50 | p99 | max | gaps | CPU µs/deliv. | server CPU | loadgen CPU | sustained |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+    );
+    for r in rs {
+        for s in r["steps"].as_array().into_iter().flatten() {
+            let lg = &s["loadgen"];
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r["engine"].as_str().unwrap_or("?"),
+                fmt_int(&s["rate"]),
+                fmt_rate(f(&s["offered_deliveries_per_sec"])),
+                fmt_rate(f(&lg["deliveries_per_sec"])),
+                fmt_us(lat(s, "p50")),
+                fmt_us(lat(s, "p99")),
+                fmt_us(lat(s, "max")),
+                fmt_int(&lg["gaps"]),
+                fmt_num(f(&s["server"]["cpu_us_per_delivery"]), 3),
+                f(&s["server"]["cpu_percent"]).map_or("–".into(), |x| format!("{x:.0}%")),
+                f(&lg["loadgen_cpu_percent"]).map_or("–".into(), |x| format!("{x:.0}%")),
+                if s["sustained"] == true {
+                    "yes".to_string()
+                } else {
+                    format!("no: {}", s["stop_reason"].as_str().unwrap_or("?"))
+                }
+            );
+        }
+    }
+    let _ = writeln!(md, "\n</details>\n");
+}
+
+fn table_s5(md: &mut String, rs: &[&Value]) {
+    let bk = rs
+        .iter()
+        .find(|r| r["engine"] == "baseline")
+        .and_then(|r| f(&r["rss_kib_per_connection"]));
+    let _ = writeln!(
+        md,
+        "| engine | connected | RSS idle | RSS with connections | KiB per connection | vs \
+         baseline |\n|---|--:|--:|--:|--:|--:|"
+    );
+    for r in rs {
+        let k = f(&r["rss_kib_per_connection"]);
+        let _ = writeln!(
+            md,
+            "| {} | {}/{} | {} | {} | {} | {} |",
+            engine_cell(r),
+            fmt_int(&r["loadgen"]["connected"]),
+            fmt_int(&r["params"]["connections"]),
+            f(&r["server_rss_kib_idle"]).map_or("–".into(), |x| format!("{:.1} MiB", x / 1024.0)),
+            f(&r["server"]["rss_kib_max"])
+                .map_or("–".into(), |x| format!("{:.1} MiB", x / 1024.0)),
+            fmt_num(k, 2),
+            ratio(k, bk),
+        );
+    }
+    md.push('\n');
+}
