@@ -1,0 +1,441 @@
+//! Configuration: command-line flags, each also a key of an optional TOML file
+//! (`--config FILE`). Flags win over the file; the file wins over defaults.
+//! Unknown keys are an error that names the key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Default WebSocket/HTTP address: loopback, so a first run exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default ingest (feed handler) address.
+pub const DEFAULT_INGEST: &str = "127.0.0.1:9100";
+/// Server ping period: well under common proxy idle cut-offs (60 s).
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(15);
+/// Silence after which a client is closed: three missed pings.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long a connection may accept no bytes while data waits for it.
+pub const DEFAULT_SLOW_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes queued per connection before it conflates: ~2,500 quotes of 100 bytes.
+pub const DEFAULT_OUTBOUND_BUDGET: usize = 256 * 1024;
+/// Largest client message (after reassembly), bytes.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 64 * 1024;
+/// Longest ingest line, bytes.
+pub const DEFAULT_MAX_LINE_SIZE: usize = 64 * 1024;
+/// Channels one connection may subscribe to.
+pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 1000;
+/// Channels the engine tracks; each keeps its last value, so this bounds memory.
+pub const DEFAULT_MAX_CHANNELS: usize = 1_000_000;
+/// Connections the engine accepts in all, across workers.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 200_000;
+/// Demo feed rate, updates per second over all symbols.
+pub const DEFAULT_DEMO_RATE: u32 = 3000;
+
+/// The engine's validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// WebSocket (`/ws`) and HTTP address.
+    pub listen: SocketAddr,
+    /// Ingest address.
+    pub ingest: SocketAddr,
+    /// Worker threads (event loops).
+    pub workers: usize,
+    /// Pin workers to cores.
+    pub pin_workers: bool,
+    /// Run the built-in synthetic feed.
+    pub demo: bool,
+    /// Demo feed rate, updates/s.
+    pub demo_rate: u32,
+    /// Server ping period.
+    pub ping_interval: Duration,
+    /// Close clients silent this long.
+    pub idle_timeout: Duration,
+    /// Close connections that accept no bytes this long while data waits.
+    pub slow_consumer_timeout: Duration,
+    /// Per-connection outbound bytes before conflation.
+    pub outbound_budget: usize,
+    /// Largest client message, bytes.
+    pub max_frame_size: usize,
+    /// Longest ingest line, bytes.
+    pub max_line_size: usize,
+    /// Channels per connection.
+    pub max_channels_per_connection: usize,
+    /// Channels in the engine.
+    pub max_channels: usize,
+    /// Connections in the engine.
+    pub max_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            ingest: DEFAULT_INGEST.parse().expect("valid default"),
+            workers: default_workers(),
+            pin_workers: true,
+            demo: false,
+            demo_rate: DEFAULT_DEMO_RATE,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            slow_consumer_timeout: DEFAULT_SLOW_CONSUMER_TIMEOUT,
+            outbound_budget: DEFAULT_OUTBOUND_BUDGET,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            max_line_size: DEFAULT_MAX_LINE_SIZE,
+            max_channels_per_connection: DEFAULT_MAX_CHANNELS_PER_CONNECTION,
+            max_channels: DEFAULT_MAX_CHANNELS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Cores available to this process.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a bad value.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (names the key).
+        message: String,
+    },
+    /// A value out of range.
+    #[error("invalid {key}: {message}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// tickwire: low-latency WebSocket fanout engine.
+///
+/// Every option is also a key of the TOML file given by --config (with
+/// underscores: ping_interval = "15s"); flags win over the file.
+#[derive(Debug, Default, Parser)]
+#[command(name = "tickwire", version, about, long_about = None)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// WebSocket (/ws) and HTTP (/metrics, /healthz) address [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Ingest address: TCP, newline-delimited JSON with a "ch" field [default: 127.0.0.1:9100]
+    #[arg(long, value_name = "ADDR")]
+    pub ingest: Option<SocketAddr>,
+    /// Worker event loops [default: the cores available]
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Pin workers to cores: true or false [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub pin_workers: Option<bool>,
+    /// Run the built-in synthetic feed (about 50 symbols) and serve a quote page at /
+    #[arg(long)]
+    pub demo: bool,
+    /// Demo feed rate, updates per second [default: 3000]
+    #[arg(long, value_name = "N")]
+    pub demo_rate: Option<u32>,
+    /// Server ping period, e.g. 15s or 500ms [default: 15s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub ping_interval: Option<Duration>,
+    /// Close a client that sent nothing (not even a pong) for this long [default: 45s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Close a connection whose socket took no bytes for this long while updates waited [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub slow_consumer_timeout: Option<Duration>,
+    /// Outbound bytes queued per connection before updates are conflated, e.g. 256KiB [default: 256KiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub outbound_budget: Option<usize>,
+    /// Largest client message; bigger frames get close 1009 [default: 64KiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_frame_size: Option<usize>,
+    /// Longest ingest line; longer lines are rejected [default: 64KiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_line_size: Option<usize>,
+    /// Channels one connection may subscribe to [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub max_channels_per_connection: Option<usize>,
+    /// Channels the engine keeps (each holds its last value) [default: 1000000]
+    #[arg(long, value_name = "N")]
+    pub max_channels: Option<usize>,
+    /// Connections the engine accepts in all [default: 200000]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+}
+
+/// The TOML file: the same keys as the flags, with underscores.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    ingest: Option<SocketAddr>,
+    workers: Option<usize>,
+    pin_workers: Option<bool>,
+    demo: Option<bool>,
+    demo_rate: Option<u32>,
+    ping_interval: Option<DurationValue>,
+    idle_timeout: Option<DurationValue>,
+    slow_consumer_timeout: Option<DurationValue>,
+    outbound_budget: Option<SizeValue>,
+    max_frame_size: Option<SizeValue>,
+    max_line_size: Option<SizeValue>,
+    max_channels_per_connection: Option<usize>,
+    max_channels: Option<usize>,
+    max_connections: Option<usize>,
+}
+
+/// A duration: seconds as a number, or a string like "15s" or "500ms".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DurationValue {
+    Seconds(f64),
+    Text(String),
+}
+
+/// A size: bytes as a number, or a string like "256KiB".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+fn duration_of(key: &'static str, v: DurationValue) -> Result<Duration, ConfigError> {
+    match v {
+        DurationValue::Seconds(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s)),
+        DurationValue::Seconds(s) => Err(ConfigError::Invalid {
+            key,
+            message: format!("{s} is not a duration"),
+        }),
+        DurationValue::Text(t) => {
+            parse_duration(&t).map_err(|message| ConfigError::Invalid { key, message })
+        }
+    }
+}
+
+fn size_of(key: &'static str, v: SizeValue) -> Result<usize, ConfigError> {
+    match v {
+        SizeValue::Bytes(b) => Ok(b as usize),
+        SizeValue::Text(t) => {
+            parse_size(&t).map_err(|message| ConfigError::Invalid { key, message })
+        }
+    }
+}
+
+/// Parses "15s", "500ms", "1m" (humantime syntax) or plain seconds ("2.5").
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.trim().parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}); try 15s or 500ms"))
+}
+
+/// Parses "65536", "64KiB", "64k", "1MiB", "1m" into bytes.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size; try 65536 or 64KiB"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?}; use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+impl Config {
+    /// Builds the configuration from flags and the file they name.
+    ///
+    /// # Errors
+    /// An unreadable or invalid file, an unknown key, or a value out of range.
+    pub fn load(cli: Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Self::parse_file(&text).map_err(|message| ConfigError::Parse {
+                    path: path.clone(),
+                    message,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let mut c = Config::default();
+        macro_rules! set {
+            ($key:ident) => {
+                if let Some(v) = cli.$key.or(file.$key) {
+                    c.$key = v;
+                }
+            };
+            ($key:ident, $conv:ident) => {
+                if let Some(v) = cli.$key {
+                    c.$key = v;
+                } else if let Some(v) = file.$key {
+                    c.$key = $conv(stringify!($key), v)?;
+                }
+            };
+        }
+        set!(listen);
+        set!(ingest);
+        set!(workers);
+        set!(pin_workers);
+        set!(demo_rate);
+        set!(max_channels_per_connection);
+        set!(max_channels);
+        set!(max_connections);
+        set!(ping_interval, duration_of);
+        set!(idle_timeout, duration_of);
+        set!(slow_consumer_timeout, duration_of);
+        set!(outbound_budget, size_of);
+        set!(max_frame_size, size_of);
+        set!(max_line_size, size_of);
+        c.demo = cli.demo || file.demo.unwrap_or(false);
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn parse_file(text: &str) -> Result<FileConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Checks ranges.
+    ///
+    /// # Errors
+    /// Names the first key out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
+        if self.workers == 0 || self.workers > 1024 {
+            return bad("workers", "must be 1 to 1024");
+        }
+        if self.ping_interval.is_zero() {
+            return bad("ping_interval", "must be above zero");
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return bad("idle_timeout", "must be longer than ping_interval");
+        }
+        if self.slow_consumer_timeout.is_zero() {
+            return bad("slow_consumer_timeout", "must be above zero");
+        }
+        if self.max_frame_size < 128 || self.max_frame_size > 64 << 20 {
+            return bad("max_frame_size", "must be 128 B to 64 MiB");
+        }
+        if self.max_line_size < 64 || self.max_line_size > 64 << 20 {
+            return bad("max_line_size", "must be 64 B to 64 MiB");
+        }
+        if self.max_channels_per_connection == 0 {
+            return bad("max_channels_per_connection", "must be at least 1");
+        }
+        if self.max_channels == 0 || self.max_channels >= u32::MAX as usize {
+            return bad("max_channels", "must be 1 to 4294967294");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
+        }
+        if self.demo && self.demo_rate == 0 {
+            return bad("demo_rate", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_keys_flags_win_and_unknown_keys_named() {
+        let dir = std::env::temp_dir().join(format!("tickwire-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.toml");
+        std::fs::write(
+            &path,
+            "workers = 3\nping_interval = \"2s\"\nidle_timeout = 7\noutbound_budget = \"1MiB\"\n",
+        )
+        .unwrap();
+        let cli = Cli {
+            config: Some(path.clone()),
+            workers: Some(5),
+            ..Cli::default()
+        };
+        let c = Config::load(cli).unwrap();
+        assert_eq!(c.workers, 5);
+        assert_eq!(c.ping_interval, Duration::from_secs(2));
+        assert_eq!(c.idle_timeout, Duration::from_secs(7));
+        assert_eq!(c.outbound_budget, 1 << 20);
+
+        std::fs::write(&path, "workerz = 3\n").unwrap();
+        let err = Config::load(Cli {
+            config: Some(path.clone()),
+            ..Cli::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("workerz"), "{err}");
+
+        std::fs::write(&path, "idle_timeout = \"1s\"\nping_interval = \"2s\"\n").unwrap();
+        let err = Config::load(Cli {
+            config: Some(path),
+            ..Cli::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("idle_timeout"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("2 MiB"), Ok(2 << 20));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("").is_err());
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+}

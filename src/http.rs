@@ -1,0 +1,202 @@
+//! HTTP on the listen port (sans-io): the WebSocket upgrade handshake and the
+//! plain endpoints (`/healthz`, `/metrics`, `/`). Requests are parsed with
+//! httparse; anything malformed gets a 400 and a closed connection.
+
+use bytes::Bytes;
+
+/// Longest request head accepted; longer gets 431.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+/// What a request head asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A valid WebSocket upgrade on `/ws`, with the `Sec-WebSocket-Accept` value.
+    Upgrade {
+        /// Response header value.
+        accept: String,
+        /// Bytes of the request head (the rest are frames).
+        head_len: usize,
+    },
+    /// A plain request: respond with this and close.
+    Respond(Response),
+}
+
+/// Plain responses.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Response {
+    /// 200 on /healthz.
+    Health,
+    /// 200 with the metrics text.
+    Metrics,
+    /// 200 with the quote page.
+    Index,
+    /// 404.
+    NotFound,
+    /// 405 for methods other than GET/HEAD.
+    MethodNotAllowed,
+    /// 426 for a non-upgrade request to /ws (with a reason).
+    UpgradeRequired(&'static str),
+    /// 400 for a malformed request.
+    BadRequest(&'static str),
+    /// 431 for a head over the limit.
+    HeadTooLarge,
+}
+
+/// Parses the request head in `buf`. `Ok(None)`: incomplete, read more.
+pub fn parse(buf: &[u8]) -> Option<Request> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > MAX_REQUEST_HEAD {
+                return Some(Request::Respond(Response::HeadTooLarge));
+            }
+            return None;
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Some(Request::Respond(Response::HeadTooLarge));
+        }
+        Err(_) => {
+            return Some(Request::Respond(Response::BadRequest(
+                "malformed HTTP request",
+            )));
+        }
+    };
+    let method = req.method.unwrap_or("");
+    let path = req.path.unwrap_or("");
+    let path = path.split('?').next().unwrap_or(path);
+    if method != "GET" && method != "HEAD" {
+        return Some(Request::Respond(Response::MethodNotAllowed));
+    }
+    let resp = match path {
+        "/ws" => return Some(upgrade(req.headers, head_len)),
+        "/healthz" => Response::Health,
+        "/metrics" => Response::Metrics,
+        "/" | "/index.html" => Response::Index,
+        _ => Response::NotFound,
+    };
+    Some(Request::Respond(resp))
+}
+
+fn header<'a>(headers: &'a [httparse::Header<'_>], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn upgrade(headers: &[httparse::Header<'_>], head_len: usize) -> Request {
+    let bad = |why| Request::Respond(Response::UpgradeRequired(why));
+    match header(headers, "Upgrade") {
+        Some(v) if has_token(v, "websocket") => {}
+        _ => return bad("this endpoint speaks WebSocket: send Upgrade: websocket"),
+    }
+    match header(headers, "Connection") {
+        Some(v) if has_token(v, "upgrade") => {}
+        _ => return bad("missing Connection: Upgrade"),
+    }
+    if header(headers, "Sec-WebSocket-Version") != Some(b"13") {
+        return Request::Respond(Response::BadRequest("Sec-WebSocket-Version must be 13"));
+    }
+    let Some(key) = header(headers, "Sec-WebSocket-Key") else {
+        return Request::Respond(Response::BadRequest("missing Sec-WebSocket-Key"));
+    };
+    let key = key.trim_ascii();
+    if key.len() != 24 {
+        return Request::Respond(Response::BadRequest("invalid Sec-WebSocket-Key"));
+    }
+    Request::Upgrade {
+        accept: tungstenite::handshake::derive_accept_key(key),
+        head_len,
+    }
+}
+
+/// The 101 response completing the handshake.
+pub fn switching_protocols(accept: &str) -> Bytes {
+    Bytes::from(format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    ))
+}
+
+/// A complete response with `Connection: close`.
+pub fn respond(status: &str, content_type: &str, body: &[u8], head_only: bool) -> Bytes {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    Bytes::from(out)
+}
+
+/// Whether the head is a HEAD request (no body in the answer).
+pub fn is_head(buf: &[u8]) -> bool {
+    buf.starts_with(b"HEAD ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    #[test]
+    fn upgrade_accept_key_matches_rfc_example() {
+        match parse(UPGRADE) {
+            Some(Request::Upgrade { accept, head_len }) => {
+                assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+                assert_eq!(head_len, UPGRADE.len());
+            }
+            other => panic!("{other:?}"),
+        }
+        for cut in 0..UPGRADE.len() {
+            assert_eq!(parse(&UPGRADE[..cut]), None, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn routes_and_refusals() {
+        let r = |s: &str| parse(s.as_bytes());
+        assert_eq!(
+            r("GET /healthz HTTP/1.1\r\n\r\n"),
+            Some(Request::Respond(Response::Health))
+        );
+        assert_eq!(
+            r("GET /metrics?x=1 HTTP/1.1\r\n\r\n"),
+            Some(Request::Respond(Response::Metrics))
+        );
+        assert_eq!(
+            r("GET /nope HTTP/1.1\r\n\r\n"),
+            Some(Request::Respond(Response::NotFound))
+        );
+        assert_eq!(
+            r("POST /ws HTTP/1.1\r\n\r\n"),
+            Some(Request::Respond(Response::MethodNotAllowed))
+        );
+        assert!(matches!(
+            r("GET /ws HTTP/1.1\r\n\r\n"),
+            Some(Request::Respond(Response::UpgradeRequired(_)))
+        ));
+        assert!(matches!(
+            r(
+                "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Version: 8\r\n\r\n"
+            ),
+            Some(Request::Respond(Response::BadRequest(_)))
+        ));
+        assert!(matches!(
+            r("\x01\x02 garbage\r\n\r\n"),
+            Some(Request::Respond(Response::BadRequest(_)))
+        ));
+        let long = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_REQUEST_HEAD));
+        assert_eq!(r(&long), Some(Request::Respond(Response::HeadTooLarge)));
+    }
+}

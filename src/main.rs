@@ -1,0 +1,67 @@
+//! The `tickwire` binary: parses flags and config, starts the engine, prints
+//! one ready line, and shuts down gracefully on SIGINT/SIGTERM.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use tickwire::config::{Cli, Config};
+use tickwire::{Engine, StartError};
+
+/// Workers get 4 s to send close 1001 and flush; exit must come within 5 s.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(4500);
+
+fn main() -> ExitCode {
+    let config = match Config::load(Cli::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tickwire: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tickwire: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let demo = config.demo;
+    let engine = match Engine::start(config) {
+        Ok(e) => e,
+        Err(e @ StartError::Bind { .. }) => {
+            eprintln!(
+                "tickwire: {e} (is another instance running? pick another port with --listen/--ingest)"
+            );
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("tickwire: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Tests and scripts read this line to learn the ports (which may be 0 = ephemeral).
+    println!(
+        "tickwire ready listen={} ingest={} workers={}",
+        engine.listen_addr(),
+        engine.ingest_addr(),
+        engine.workers()
+    );
+    if demo {
+        println!(
+            "demo feed running: open http://{}/ in a browser, or connect to ws://{}/ws",
+            engine.listen_addr(),
+            engine.listen_addr()
+        );
+    }
+    if signals.forever().next().is_some() {
+        eprintln!("tickwire: shutting down");
+    }
+    if engine.shutdown(SHUTDOWN_TIMEOUT) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("tickwire: some connections did not drain in time");
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,456 @@
+//! Engine metrics: single-writer counters that each thread publishes once per
+//! loop turn, and per-worker latency histograms merged once a second; rendered
+//! in the Prometheus text format on `GET /metrics`.
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam::utils::CachePadded;
+use hdrhistogram::Histogram;
+
+/// Latency histogram bounds: 100 ns to 60 s at 3 significant figures.
+const LATENCY_NS_MIN: u64 = 100;
+const LATENCY_NS_MAX: u64 = 60_000_000_000;
+
+/// A latency histogram in nanoseconds with fixed bounds (never resizes).
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(LATENCY_NS_MIN, LATENCY_NS_MAX, 3).expect("static bounds")
+}
+
+/// Why an ingest line was rejected. The text goes back to the feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// Not valid JSON.
+    BadJson,
+    /// Valid JSON but not an object.
+    NotObject,
+    /// No string `ch` field.
+    MissingChannel,
+    /// `ch` outside 1..128 bytes of `A-Za-z0-9._:-`.
+    BadChannel,
+    /// Longer than `max_line_size`.
+    LineTooLong,
+    /// The engine already tracks `max_channels` channels.
+    ChannelLimit,
+}
+
+impl Reject {
+    /// Every reason, in metric order.
+    pub const ALL: [Reject; 6] = [
+        Reject::BadJson,
+        Reject::NotObject,
+        Reject::MissingChannel,
+        Reject::BadChannel,
+        Reject::LineTooLong,
+        Reject::ChannelLimit,
+    ];
+
+    /// The label used in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reject::BadJson => "bad_json",
+            Reject::NotObject => "not_object",
+            Reject::MissingChannel => "missing_channel",
+            Reject::BadChannel => "bad_channel",
+            Reject::LineTooLong => "line_too_long",
+            Reject::ChannelLimit => "channel_limit",
+        }
+    }
+
+    /// The human reason sent back on the feed connection.
+    pub fn message(self) -> &'static str {
+        match self {
+            Reject::BadJson => "malformed JSON",
+            Reject::NotObject => "not a JSON object",
+            Reject::MissingChannel => "missing string field ch",
+            Reject::BadChannel => "invalid ch: need 1 to 128 bytes of A-Za-z0-9._:-",
+            Reject::LineTooLong => "line too long",
+            Reject::ChannelLimit => "too many channels in the engine",
+        }
+    }
+}
+
+/// Counters one worker publishes.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Open connections (WebSocket and HTTP).
+    pub connections: AtomicU64,
+    /// Active channel subscriptions.
+    pub subscriptions: AtomicU64,
+    /// Update frames fully written to sockets.
+    pub deliveries: AtomicU64,
+    /// Bytes written to sockets.
+    pub bytes_out: AtomicU64,
+    /// Updates replaced by a newer one before being written.
+    pub conflated: AtomicU64,
+    /// Connections closed for blocking past `slow_consumer_timeout`.
+    pub slow_consumer_closes: AtomicU64,
+    /// Connections closed for silence past `idle_timeout`.
+    pub idle_closes: AtomicU64,
+    /// Connections closed for protocol violations (1002, 1007, 1009).
+    pub protocol_closes: AtomicU64,
+    /// Bad client messages answered with an error.
+    pub client_errors: AtomicU64,
+    /// Plain HTTP requests served.
+    pub http_requests: AtomicU64,
+    /// HTTP requests refused as malformed.
+    pub http_rejects: AtomicU64,
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Event loop turns.
+    pub loop_turns: AtomicU64,
+}
+
+/// The worker's private copy, published with [`WorkerCounters::publish`].
+#[derive(Debug, Default, Clone)]
+pub struct WorkerCounters {
+    /// See [`WorkerStats`].
+    pub connections: u64,
+    /// See [`WorkerStats`].
+    pub subscriptions: u64,
+    /// See [`WorkerStats`].
+    pub deliveries: u64,
+    /// See [`WorkerStats`].
+    pub bytes_out: u64,
+    /// See [`WorkerStats`].
+    pub conflated: u64,
+    /// See [`WorkerStats`].
+    pub slow_consumer_closes: u64,
+    /// See [`WorkerStats`].
+    pub idle_closes: u64,
+    /// See [`WorkerStats`].
+    pub protocol_closes: u64,
+    /// See [`WorkerStats`].
+    pub client_errors: u64,
+    /// See [`WorkerStats`].
+    pub http_requests: u64,
+    /// See [`WorkerStats`].
+    pub http_rejects: u64,
+    /// See [`WorkerStats`].
+    pub accepted: u64,
+    /// See [`WorkerStats`].
+    pub loop_turns: u64,
+}
+
+impl WorkerCounters {
+    /// Publishes the counters. Each has one writer, so plain stores suffice
+    /// (no read-modify-write on the hot path).
+    pub fn publish(&self, s: &WorkerStats) {
+        let r = Ordering::Relaxed;
+        s.connections.store(self.connections, r);
+        s.subscriptions.store(self.subscriptions, r);
+        s.deliveries.store(self.deliveries, r);
+        s.bytes_out.store(self.bytes_out, r);
+        s.conflated.store(self.conflated, r);
+        s.slow_consumer_closes.store(self.slow_consumer_closes, r);
+        s.idle_closes.store(self.idle_closes, r);
+        s.protocol_closes.store(self.protocol_closes, r);
+        s.client_errors.store(self.client_errors, r);
+        s.http_requests.store(self.http_requests, r);
+        s.http_rejects.store(self.http_rejects, r);
+        s.accepted.store(self.accepted, r);
+        s.loop_turns.store(self.loop_turns, r);
+    }
+}
+
+/// Counters the ingest thread publishes.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Open feed connections.
+    pub feed_connections: AtomicU64,
+    /// Accepted messages.
+    pub messages: AtomicU64,
+    /// Bytes of accepted and rejected lines.
+    pub bytes: AtomicU64,
+    /// Rejected lines, by [`Reject`] in `Reject::ALL` order.
+    pub rejects: [AtomicU64; 6],
+    /// Channels known.
+    pub channels: AtomicU64,
+    /// Times a worker ring was full and ingest waited (backpressure).
+    pub ring_full_waits: AtomicU64,
+    /// Ingest loop turns.
+    pub loop_turns: AtomicU64,
+}
+
+/// All metrics of one engine.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Per worker.
+    pub workers: Box<[CachePadded<WorkerStats>]>,
+    /// The ingest thread.
+    pub ingest: CachePadded<IngestStats>,
+    latency: Box<[Mutex<Histogram<u64>>]>,
+}
+
+impl Metrics {
+    /// Metrics for `workers` workers.
+    pub fn new(workers: usize) -> Self {
+        Metrics {
+            workers: (0..workers)
+                .map(|_| CachePadded::new(WorkerStats::default()))
+                .collect(),
+            ingest: CachePadded::new(IngestStats::default()),
+            latency: (0..workers)
+                .map(|_| Mutex::new(latency_histogram()))
+                .collect(),
+        }
+    }
+
+    /// Adds a worker's recent latencies to its cumulative histogram (once a
+    /// second, off the hot path) and resets `recent`.
+    pub fn merge_latency(&self, worker: usize, recent: &mut Histogram<u64>) {
+        if recent.is_empty() {
+            return;
+        }
+        if let Ok(mut h) = self.latency[worker].lock() {
+            // Same bounds on both sides, so the add cannot fail.
+            let _ = h.add(&*recent);
+        }
+        recent.reset();
+    }
+
+    /// Sum of one worker counter over all workers.
+    pub fn total(&self, f: impl Fn(&WorkerStats) -> &AtomicU64) -> u64 {
+        self.workers
+            .iter()
+            .map(|w| f(w).load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// All workers' latencies merged.
+    pub fn latency(&self) -> Histogram<u64> {
+        let mut all = latency_histogram();
+        for h in self.latency.iter() {
+            if let Ok(h) = h.lock() {
+                let _ = all.add(&*h);
+            }
+        }
+        all
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        let gauge = |o: &mut String, name: &str, help: &str, kind: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        gauge(
+            &mut o,
+            "tickwire_connections",
+            "Open client connections.",
+            "gauge",
+            self.total(|w| &w.connections),
+        );
+        gauge(
+            &mut o,
+            "tickwire_subscriptions",
+            "Active channel subscriptions.",
+            "gauge",
+            self.total(|w| &w.subscriptions),
+        );
+        gauge(
+            &mut o,
+            "tickwire_connections_accepted_total",
+            "Connections accepted.",
+            "counter",
+            self.total(|w| &w.accepted),
+        );
+        gauge(
+            &mut o,
+            "tickwire_deliveries_total",
+            "Update frames written to client sockets.",
+            "counter",
+            self.total(|w| &w.deliveries),
+        );
+        gauge(
+            &mut o,
+            "tickwire_bytes_out_total",
+            "Bytes written to client sockets.",
+            "counter",
+            self.total(|w| &w.bytes_out),
+        );
+        gauge(
+            &mut o,
+            "tickwire_conflated_total",
+            "Updates replaced by a newer value before being written (slow consumers).",
+            "counter",
+            self.total(|w| &w.conflated),
+        );
+        gauge(
+            &mut o,
+            "tickwire_slow_consumer_closes_total",
+            "Connections closed for blocking past slow_consumer_timeout.",
+            "counter",
+            self.total(|w| &w.slow_consumer_closes),
+        );
+        gauge(
+            &mut o,
+            "tickwire_idle_closes_total",
+            "Connections closed for silence past idle_timeout.",
+            "counter",
+            self.total(|w| &w.idle_closes),
+        );
+        gauge(
+            &mut o,
+            "tickwire_protocol_closes_total",
+            "Connections closed for WebSocket protocol violations.",
+            "counter",
+            self.total(|w| &w.protocol_closes),
+        );
+        gauge(
+            &mut o,
+            "tickwire_client_errors_total",
+            "Bad client messages answered with an error.",
+            "counter",
+            self.total(|w| &w.client_errors),
+        );
+        gauge(
+            &mut o,
+            "tickwire_http_requests_total",
+            "Plain HTTP requests served.",
+            "counter",
+            self.total(|w| &w.http_requests),
+        );
+        gauge(
+            &mut o,
+            "tickwire_http_rejects_total",
+            "Malformed HTTP requests refused.",
+            "counter",
+            self.total(|w| &w.http_rejects),
+        );
+        let i = &self.ingest;
+        let r = Ordering::Relaxed;
+        gauge(
+            &mut o,
+            "tickwire_ingest_connections",
+            "Open feed connections.",
+            "gauge",
+            i.feed_connections.load(r),
+        );
+        gauge(
+            &mut o,
+            "tickwire_ingest_messages_total",
+            "Ingest messages accepted.",
+            "counter",
+            i.messages.load(r),
+        );
+        gauge(
+            &mut o,
+            "tickwire_ingest_bytes_total",
+            "Ingest bytes received in lines.",
+            "counter",
+            i.bytes.load(r),
+        );
+        gauge(
+            &mut o,
+            "tickwire_channels",
+            "Channels known to the engine.",
+            "gauge",
+            i.channels.load(r),
+        );
+        gauge(
+            &mut o,
+            "tickwire_ingest_ring_full_waits_total",
+            "Times ingest waited for a full worker ring.",
+            "counter",
+            i.ring_full_waits.load(r),
+        );
+        gauge(
+            &mut o,
+            "tickwire_ingest_loop_turns_total",
+            "Ingest event loop turns.",
+            "counter",
+            i.loop_turns.load(r),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP tickwire_ingest_rejects_total Ingest lines rejected, by reason.\n# TYPE tickwire_ingest_rejects_total counter"
+        );
+        for (k, reason) in Reject::ALL.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "tickwire_ingest_rejects_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                i.rejects[k].load(r)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP tickwire_worker_loop_turns_total Event loop turns per worker.\n# TYPE tickwire_worker_loop_turns_total counter"
+        );
+        for (k, w) in self.workers.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "tickwire_worker_loop_turns_total{{worker=\"{k}\"}} {}",
+                w.loop_turns.load(r)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP tickwire_worker_connections Open connections per worker.\n# TYPE tickwire_worker_connections gauge"
+        );
+        for (k, w) in self.workers.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "tickwire_worker_connections{{worker=\"{k}\"}} {}",
+                w.connections.load(r)
+            );
+        }
+        let h = self.latency();
+        let _ = writeln!(
+            o,
+            "# HELP tickwire_delivery_latency_seconds Ingest read to socket write, per delivered update (merged each second).\n# TYPE tickwire_delivery_latency_seconds summary"
+        );
+        for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
+            let v = if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(q)
+            };
+            let _ = writeln!(
+                o,
+                "tickwire_delivery_latency_seconds{{quantile=\"{q}\"}} {:.9}",
+                v as f64 / 1e9
+            );
+        }
+        let _ = writeln!(
+            o,
+            "tickwire_delivery_latency_seconds_sum {:.9}",
+            h.mean() * h.len() as f64 / 1e9
+        );
+        let _ = writeln!(o, "tickwire_delivery_latency_seconds_count {}", h.len());
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_totals_and_quantiles() {
+        let m = Metrics::new(2);
+        let mut c = WorkerCounters {
+            deliveries: 5,
+            ..Default::default()
+        };
+        c.publish(&m.workers[0]);
+        c.deliveries = 7;
+        c.publish(&m.workers[1]);
+        m.ingest.rejects[1].store(3, Ordering::Relaxed);
+        let mut recent = latency_histogram();
+        for v in [1_000u64, 2_000, 3_000, 1_000_000] {
+            recent.record(v).unwrap();
+        }
+        m.merge_latency(1, &mut recent);
+        assert!(recent.is_empty());
+        let text = m.render();
+        assert!(text.contains("tickwire_deliveries_total 12\n"), "{text}");
+        assert!(text.contains("tickwire_ingest_rejects_total{reason=\"not_object\"} 3\n"));
+        assert!(text.contains("tickwire_delivery_latency_seconds_count 4\n"));
+        let max_line = text.lines().find(|l| l.contains("quantile=\"1\"")).unwrap();
+        let v: f64 = max_line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((v - 0.001).abs() < 0.00001, "{max_line}");
+    }
+}

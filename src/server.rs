@@ -1,0 +1,280 @@
+//! Starting and stopping an engine: binds the listeners, builds the rings
+//! and doorbells, and spawns the ingest thread, the pinned workers and the
+//! demo feed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::{Poll, Waker};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::event_loop::{self, Worker, WorkerParts};
+use crate::ingest::{self, Ingest, IngestParts};
+use crate::metrics::Metrics;
+use crate::ring::{CONTROL_RING_CAPACITY, Doorbell, WORKER_RING_CAPACITY};
+
+/// Listen backlog: a reconnect storm of thousands of clients must not overflow it.
+const BACKLOG: i32 = 4096;
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Creating a poll, waker or thread failed.
+    #[error("cannot start the engine: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running engine.
+#[derive(Debug)]
+pub struct Engine {
+    listen: SocketAddr,
+    ingest: SocketAddr,
+    workers: usize,
+    shutdown: Arc<AtomicBool>,
+    bells: Vec<Arc<Doorbell>>,
+    threads: Vec<JoinHandle<()>>,
+    metrics: Arc<Metrics>,
+}
+
+fn bind(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener, StartError> {
+    let make = || -> std::io::Result<std::net::TcpListener> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        if reuse_port {
+            s.set_reuse_port(true)?;
+        }
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(BACKLOG)?;
+        Ok(s.into())
+    };
+    make().map_err(|source| StartError::Bind { addr, source })
+}
+
+impl Engine {
+    /// Binds and starts everything.
+    ///
+    /// # Errors
+    /// A listener could not be bound, or the OS refused a poll or thread.
+    pub fn start(config: Config) -> Result<Engine, StartError> {
+        let config = Arc::new(config);
+        crate::clock::now_ns(); // fix the epoch before any thread reads it
+        let n = config.workers;
+        // One SO_REUSEPORT listener per worker: the kernel spreads accepts
+        // across workers with no handoff queue and no shared accept lock.
+        let first = bind(config.listen, true)?;
+        let listen = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..n {
+            listeners.push(bind(listen, true)?);
+        }
+        let ingest_listener = bind(config.ingest, false)?;
+        let ingest_addr = ingest_listener.local_addr()?;
+
+        let metrics = Arc::new(Metrics::new(n));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let open_connections = Arc::new(AtomicUsize::new(0));
+        let ingest_poll = Poll::new()?;
+        let ingest_bell = Doorbell::new(Waker::new(ingest_poll.registry(), ingest::WAKER_TOKEN)?);
+        let index_html = Bytes::from(if config.demo {
+            crate::demo::index_html(&crate::demo::SYMBOLS)
+        } else {
+            crate::demo::index_html(&["AAPL", "MSFT"])
+        });
+
+        let mut to_workers = Vec::with_capacity(n);
+        let mut from_workers = Vec::with_capacity(n);
+        let mut worker_bells = Vec::with_capacity(n);
+        let mut workers = Vec::with_capacity(n);
+        for (id, listener) in listeners.into_iter().enumerate() {
+            let poll = Poll::new()?;
+            let bell = Doorbell::new(Waker::new(poll.registry(), event_loop::WAKER_TOKEN)?);
+            let (tx, rx) = rtrb::RingBuffer::new(WORKER_RING_CAPACITY);
+            let (ctx, crx) = rtrb::RingBuffer::new(CONTROL_RING_CAPACITY);
+            to_workers.push(tx);
+            from_workers.push(crx);
+            worker_bells.push(Arc::clone(&bell));
+            workers.push(WorkerParts {
+                id,
+                poll,
+                listener,
+                from_ingest: rx,
+                to_ingest: ctx,
+                ingest_bell: Arc::clone(&ingest_bell),
+                bell,
+                metrics: Arc::clone(&metrics),
+                shutdown: Arc::clone(&shutdown),
+                config: Arc::clone(&config),
+                open_connections: Arc::clone(&open_connections),
+                index_html: index_html.clone(),
+            });
+        }
+        let ingest = Ingest::new(IngestParts {
+            poll: ingest_poll,
+            listener: ingest_listener,
+            to_workers,
+            worker_bells: worker_bells.clone(),
+            from_workers,
+            bell: Arc::clone(&ingest_bell),
+            metrics: Arc::clone(&metrics),
+            shutdown: Arc::clone(&shutdown),
+            max_line: config.max_line_size,
+            max_channels: config.max_channels,
+        })?;
+
+        let cores = if config.pin_workers {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut threads = Vec::with_capacity(n + 2);
+        threads.push(
+            std::thread::Builder::new()
+                .name("tickwire-ingest".into())
+                .spawn(move || ingest.run())?,
+        );
+        // Workers hold `Rc`s, so each is built on its own thread; startup
+        // waits for every one to report.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        for (id, parts) in workers.into_iter().enumerate() {
+            let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+            let ready = ready_tx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("tickwire-worker-{id}"))
+                    .spawn(move || {
+                        if let Some(core) = core {
+                            core_affinity::set_for_current(core);
+                        }
+                        match Worker::new(parts) {
+                            Ok(worker) => {
+                                let _ = ready.send(Ok(()));
+                                worker.run()
+                            }
+                            Err(e) => {
+                                let _ = ready.send(Err(e));
+                            }
+                        }
+                    })?,
+            );
+        }
+        drop(ready_tx);
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    shutdown.store(true, Ordering::SeqCst);
+                    return Err(StartError::Io(e));
+                }
+                Err(_) => {
+                    shutdown.store(true, Ordering::SeqCst);
+                    return Err(StartError::Io(std::io::Error::other(
+                        "a worker died while starting",
+                    )));
+                }
+            }
+        }
+        if config.demo {
+            let stop = Arc::clone(&shutdown);
+            let rate = config.demo_rate;
+            threads.push(
+                std::thread::Builder::new()
+                    .name("tickwire-demo".into())
+                    .spawn(move || crate::demo::run_feed(ingest_addr, rate, stop))?,
+            );
+        }
+        let mut bells = worker_bells;
+        bells.push(ingest_bell);
+        Ok(Engine {
+            listen,
+            ingest: ingest_addr,
+            workers: n,
+            shutdown,
+            bells,
+            threads,
+            metrics,
+        })
+    }
+
+    /// The WebSocket/HTTP address actually bound.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The ingest address actually bound.
+    pub fn ingest_addr(&self) -> SocketAddr {
+        self.ingest
+    }
+
+    /// Worker count.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// The engine's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// A handle that can ask the engine to stop from another thread.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            shutdown: Arc::clone(&self.shutdown),
+            bells: self.bells.clone(),
+        }
+    }
+
+    /// Stops accepting, sends close 1001 to every client, flushes, and joins
+    /// every thread; returns whether all finished within `timeout`.
+    pub fn shutdown(self, timeout: Duration) -> bool {
+        self.stopper().stop();
+        let deadline = Instant::now() + timeout;
+        for t in self.threads {
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if !t.is_finished() {
+                return false;
+            }
+            let _ = t.join();
+        }
+        true
+    }
+
+    /// Blocks until every thread ends (after a [`Stopper::stop`]).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Asks an engine to stop.
+#[derive(Debug, Clone)]
+pub struct Stopper {
+    shutdown: Arc<AtomicBool>,
+    bells: Vec<Arc<Doorbell>>,
+}
+
+impl Stopper {
+    /// Sets the shutdown flag and wakes every loop.
+    pub fn stop(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        for b in &self.bells {
+            b.wake();
+        }
+    }
+}
