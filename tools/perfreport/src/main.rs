@@ -291,7 +291,7 @@ fn table_fanout(md: &mut String, rs: &[&Value], slow: bool) {
     let base = rs
         .iter()
         .find(|r| r["engine"] == "baseline" && r["status"] == "ok");
-    let bd = base.and_then(|b| f(&b["loadgen"]["deliveries_per_sec"]));
+    let bd = base.and_then(|b| f(&b["delivered_per_sec"]));
     let bcpu = base.and_then(|b| f(&b["server"]["cpu_us_per_delivery"]));
     let bp99 = base.and_then(|b| lat(b, "p99"));
     let _ = writeln!(
@@ -308,11 +308,11 @@ fn table_fanout(md: &mut String, rs: &[&Value], slow: bool) {
     let _ = writeln!(
         md,
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|{}",
-        if slow { "--:|--:|" } else { "" }
+        if slow { "--:|--:|--:|--:|" } else { "" }
     );
     for r in rs {
         let lg = &r["loadgen"];
-        let d = f(&lg["deliveries_per_sec"]);
+        let d = f(&r["delivered_per_sec"]);
         let off = f(&r["offered_deliveries_per_sec"]);
         let pct = match (d, off) {
             (Some(d), Some(o)) if o > 0.0 => format!("{:.1}%", 100.0 * d / o),
@@ -344,9 +344,11 @@ fn table_fanout(md: &mut String, rs: &[&Value], slow: bool) {
             let s = &lg["slow"];
             let _ = write!(
                 md,
-                " {} | {} |",
+                " {} | {} | {} | {} |",
+                fmt_int(&s["clients"]),
                 fmt_int(&s["deliveries"]),
-                fmt_int(&s["disconnects"])
+                fmt_int(&s["skipped"]),
+                fmt_us(f(&s["latency_us"]["p99"]))
             );
         }
         md.push('\n');
@@ -364,7 +366,7 @@ fn table_s2(md: &mut String, rs: &[&Value]) {
         .iter()
         .find(|r| r["engine"] == "baseline")
         .and_then(|r| best_step(r));
-    let bd = base.and_then(|b| f(&b["loadgen"]["deliveries_per_sec"]));
+    let bd = base.and_then(|b| f(&b["delivered_per_sec"]));
     let bcpu = base.and_then(|b| f(&b["server"]["cpu_us_per_delivery"]));
     let _ = writeln!(
         md,
@@ -382,7 +384,7 @@ fn table_s2(md: &mut String, rs: &[&Value]) {
                     "{} ticks/s: {} ({} delivered/s)",
                     fmt_int(&s["rate"]),
                     s["stop_reason"].as_str().unwrap_or("?"),
-                    fmt_rate(f(&s["loadgen"]["deliveries_per_sec"]))
+                    fmt_rate(f(&s["delivered_per_sec"]))
                 )
             })
             .unwrap_or_else(|| "all steps sustained".into());
@@ -394,7 +396,7 @@ fn table_s2(md: &mut String, rs: &[&Value]) {
             );
             continue;
         };
-        let d = f(&b["loadgen"]["deliveries_per_sec"]);
+        let d = f(&b["delivered_per_sec"]);
         let cpu = f(&b["server"]["cpu_us_per_delivery"]);
         let _ = writeln!(
             md,
@@ -428,7 +430,7 @@ fn table_s2(md: &mut String, rs: &[&Value]) {
                 r["engine"].as_str().unwrap_or("?"),
                 fmt_int(&s["rate"]),
                 fmt_rate(f(&s["offered_deliveries_per_sec"])),
-                fmt_rate(f(&lg["deliveries_per_sec"])),
+                fmt_rate(f(&s["delivered_per_sec"])),
                 fmt_us(lat(s, "p50")),
                 fmt_us(lat(s, "p99")),
                 fmt_us(lat(s, "max")),

@@ -154,7 +154,7 @@ fn s2(run: &Value, dir: &Path, cpu: bool) -> Result<bool> {
                 let y = if cpu {
                     f(&s["server"]["cpu_us_per_delivery"])?
                 } else {
-                    f(&s["loadgen"]["deliveries_per_sec"])?
+                    f(&s["delivered_per_sec"])?
                 };
                 (x > 0.0 && y > 0.0).then_some((x, y))
             })
