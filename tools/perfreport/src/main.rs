@@ -264,8 +264,8 @@ fn describe(s: &str, p: &Value) -> String {
         ),
         "S4" => format!(
             "S1 ({n} connections, {} ticks/s) with {:.0}% slow clients reading at {} \
-             messages/s. Latency and gaps are for the fast clients; slow clients may be \
-             disconnected or conflated by design.",
+             messages/s. Delivered/s counts all clients; '% offered', latency and gaps are \
+             for the fast clients. Slow clients may be disconnected or conflated by design.",
             fmt_int(&p["rate"]),
             f(&p["slow_fraction"]).unwrap_or(0.0) * 100.0,
             fmt_int(&p["slow_rate"])
@@ -313,8 +313,12 @@ fn table_fanout(md: &mut String, rs: &[&Value], slow: bool) {
     for r in rs {
         let lg = &r["loadgen"];
         let d = f(&r["delivered_per_sec"]);
-        let off = f(&r["offered_deliveries_per_sec"]);
-        let pct = match (d, off) {
+        // With slow clients, "% offered" is for the fast clients only.
+        let (dd, off) = match f(&r["offered_fast_per_sec"]) {
+            Some(o) => (f(&r["fast_delivered_per_sec"]), Some(o)),
+            None => (d, f(&r["offered_deliveries_per_sec"])),
+        };
+        let pct = match (dd, off) {
             (Some(d), Some(o)) if o > 0.0 => format!("{:.1}%", 100.0 * d / o),
             _ => "–".into(),
         };

@@ -92,6 +92,7 @@ fn latency(run: &Value, scen: &str, path: &Path) -> Result<bool> {
         .map_err(err)?;
     chart
         .configure_mesh()
+        .y_labels(12)
         .x_desc("percentile")
         .y_desc("latency")
         .x_label_formatter(&|v| pct_label(*v))
@@ -106,7 +107,8 @@ fn latency(run: &Value, scen: &str, path: &Path) -> Result<bool> {
             .label(engine)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
     }
-    legend(&mut chart)?;
+    // Curves rise to the right, so the lower right corner is free.
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present().map_err(err)?;
     Ok(true)
 }
@@ -130,10 +132,11 @@ fn pct_label(v: f64) -> String {
 
 fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
     chart: &mut ChartContext<'a, DB, CT>,
+    pos: SeriesLabelPosition,
 ) -> Result<()> {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(pos)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 15))
@@ -175,11 +178,14 @@ fn s2(run: &Value, dir: &Path, cpu: bool) -> Result<bool> {
     let all = series.iter().flat_map(|(_, p)| p.iter());
     let xmin = all.clone().map(|p| p.0).fold(f64::MAX, f64::min) / 1.3;
     let xmax = all.clone().map(|p| p.0).fold(0.0, f64::max) * 1.3;
-    let (ymin, ymax) = if cpu {
-        let lo = all.clone().map(|p| p.1).fold(f64::MAX, f64::min) / 1.5;
-        (lo, all.map(|p| p.1).fold(0.0, f64::max) * 1.5)
+    let ylo = all.clone().map(|p| p.1).fold(f64::MAX, f64::min) / 1.5;
+    let yhi = all.map(|p| p.1).fold(0.0, f64::max) * 1.5;
+    // Delivered vs offered shares one scale on both axes so the diagonal means 100%.
+    let (xmin, xmax, ymin, ymax) = if cpu {
+        (xmin, xmax, ylo, yhi)
     } else {
-        (xmin, xmax)
+        let (lo, hi) = (xmin.min(ylo), xmax.max(yhi));
+        (lo, hi, lo, hi)
     };
     let root = SVGBackend::new(&path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
@@ -197,6 +203,8 @@ fn s2(run: &Value, dir: &Path, cpu: bool) -> Result<bool> {
         .map_err(err)?;
     chart
         .configure_mesh()
+        .x_labels(12)
+        .y_labels(12)
         .x_desc("offered deliveries/s (ticks/s × connections)")
         .y_desc(if cpu {
             "server CPU µs per delivery"
@@ -231,7 +239,12 @@ fn s2(run: &Value, dir: &Path, cpu: bool) -> Result<bool> {
             .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled())))
             .map_err(err)?;
     }
-    legend(&mut chart)?;
+    let pos = if cpu {
+        SeriesLabelPosition::UpperRight
+    } else {
+        SeriesLabelPosition::UpperLeft
+    };
+    legend(&mut chart, pos)?;
     root.present().map_err(err)?;
     Ok(true)
 }
