@@ -93,6 +93,28 @@ struct Cli {
     json: bool,
 }
 
+/// Set by SIGINT/SIGTERM: finish early but still print the summary.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn install_stop_handler() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_stop_signal as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+    }
+}
+
+fn stop_requested() -> bool {
+    STOP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn realtime_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -121,6 +143,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    install_stop_handler();
     let targets = [
         cli.ingest.clone().map(Target::Ingest),
         cli.nats.clone().map(Target::Nats),
@@ -195,7 +218,7 @@ fn run(cli: Cli) -> Result<()> {
     const MAX_BATCH: usize = 4096;
 
     loop {
-        if cli.count.is_some_and(|c| sent >= c) {
+        if cli.count.is_some_and(|c| sent >= c) || stop_requested() {
             break;
         }
         let elapsed = start.elapsed();
@@ -212,7 +235,7 @@ fn run(cli: Cli) -> Result<()> {
                     && cli.count.is_none_or(|c| sent < c)
                     && duration.is_none_or(|d| s.peek() < d)
                 {
-                    let due_ns = (s.peek() * 1e9) as u64;
+                    let due_ns = (s.peek() * 1e9).round() as u64;
                     let idx = zipf.sample(&mut rng);
                     tick_buf.clear();
                     quotes.tick(idx, start_rt + due_ns, &mut rng, &mut tick_buf);
@@ -263,7 +286,9 @@ fn run(cli: Cli) -> Result<()> {
     let dur = start.elapsed().as_secs_f64();
     progress.finish();
     // Give the server a moment to report errors for the last lines.
-    std::thread::sleep(Duration::from_millis(200));
+    if !stop_requested() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let summary = Summary {
         target: format!("{target:?}"),
         sent,

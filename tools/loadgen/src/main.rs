@@ -156,6 +156,7 @@ fn main() {
 fn real_main(cli: Cli) -> Result<i32> {
     validate(&cli)?;
     raise_nofile();
+    install_stop_handler();
     let wall = Instant::now();
     let (mut report, fast, slow) = if cli.processes > 1 {
         run_parent(&cli)?
@@ -385,6 +386,7 @@ fn run_local(cli: &Cli) -> Result<(Report, Histogram<u64>, Histogram<u64>)> {
         if c.connected + c.connect_failures >= cli.connections as u64
             || start.elapsed() > ramp_limit
             || shared.iter().all(|s| s.done.load(Relaxed))
+            || stop_requested()
         {
             break;
         }
@@ -403,7 +405,7 @@ fn run_local(cli: &Cli) -> Result<(Report, Histogram<u64>, Histogram<u64>)> {
         worker::now_realtime_ns() + (cli.warmup * 1e9) as u64,
         Relaxed,
     );
-    while run_start.elapsed() < run_for {
+    while run_start.elapsed() < run_for && !stop_requested() {
         progress.tick(&sum(), cli.connections, p99_so_far);
         std::thread::sleep(
             Duration::from_millis(20).min(run_for.saturating_sub(run_start.elapsed())),
@@ -521,6 +523,8 @@ fn run_parent(cli: &Cli) -> Result<(Report, Histogram<u64>, Histogram<u64>)> {
     }
     // Children exit on their own after ramp + duration; show combined progress meanwhile.
     let mut progress = Progress::new(false);
+    let pids: Vec<i32> = children.iter().map(|(c, _)| c.id() as i32).collect();
+    let mut forwarded = false;
     let waiter = std::thread::spawn(move || {
         children
             .into_iter()
@@ -532,6 +536,14 @@ fn run_parent(cli: &Cli) -> Result<(Report, Histogram<u64>, Histogram<u64>)> {
             .collect::<Vec<_>>()
     });
     while !waiter.is_finished() {
+        if stop_requested() && !forwarded {
+            // Children stop early too and still report.
+            forwarded = true;
+            for &pid in &pids {
+                // SAFETY: signalling our own, not yet reaped, child processes.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
         let v = progress_state.lock().unwrap().clone();
         let c = Counters {
             connected: v.iter().map(|c| c.connected).sum(),
@@ -726,6 +738,28 @@ fn print_table(r: &Report) {
     if let Some(e) = &r.first_error {
         println!("  first error       {e}");
     }
+}
+
+/// Set by SIGINT/SIGTERM: finish early but still print the summary.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn install_stop_handler() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_stop_signal as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
+        libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut());
+    }
+}
+
+fn stop_requested() -> bool {
+    STOP.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn round1(x: f64) -> f64 {
