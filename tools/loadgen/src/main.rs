@@ -120,6 +120,10 @@ struct Cli {
     /// Slow clients stop reading for this many seconds after warmup.
     #[arg(long)]
     slow_pause: Option<f64>,
+    /// SO_RCVBUF of slow clients' sockets in bytes (0 = kernel default, which
+    /// on loopback lets megabytes pile up before the server notices).
+    #[arg(long, default_value_t = 65536)]
+    slow_rcvbuf: usize,
     #[arg(long, value_enum, default_value = "tickwire")]
     protocol: ProtocolArg,
     /// Print exactly one JSON object on stdout instead of the table.
@@ -314,6 +318,7 @@ fn run_local(cli: &Cli) -> Result<(Report, Histogram<u64>, Histogram<u64>)> {
         protocol,
         connect_rate: cli.connect_rate / threads as f64,
         slow_mode,
+        slow_rcvbuf: cli.slow_rcvbuf,
         handshake_timeout: Duration::from_secs_f64(cli.handshake_timeout),
     });
     let zipf = (pattern(cli) == Pattern::Zipf).then(|| zipf::Zipf::new(cli.universe, cli.zipf_s));

@@ -43,6 +43,8 @@ pub struct Config {
     /// Connections started per second by this worker.
     pub connect_rate: f64,
     pub slow_mode: Option<SlowMode>,
+    /// SO_RCVBUF for slow clients (0 = kernel default).
+    pub slow_rcvbuf: usize,
     pub handshake_timeout: Duration,
 }
 
@@ -434,6 +436,12 @@ fn open_socket(cfg: &Config, spec: &ConnSpec) -> io::Result<TcpStream> {
     let s = Socket::new(Domain::for_address(cfg.addr), Type::STREAM, None)?;
     s.set_nonblocking(true)?;
     s.set_tcp_nodelay(true)?;
+    if spec.slow && cfg.slow_rcvbuf > 0 {
+        // Before connect, so the advertised window stays small: otherwise
+        // loopback autotuning buffers megabytes and the server never feels
+        // the slow reader.
+        s.set_recv_buffer_size(cfg.slow_rcvbuf)?;
+    }
     if let Some(ip) = spec.source_ip {
         if ip.is_ipv4() {
             // Defer the port choice to connect() so one source IP can use the
