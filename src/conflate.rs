@@ -278,6 +278,10 @@ impl OutQueue {
 
     #[cfg(debug_assertions)]
     fn check_invariants(&self) {
+        // Full checks are O(queue): keep debug builds usable under load.
+        if self.queue.len() > 512 {
+            return;
+        }
         let bytes: usize = self.queue.iter().map(|f| f.bytes.len()).sum();
         debug_assert_eq!(bytes - self.head_written, self.queued_bytes);
         debug_assert!(
@@ -285,7 +289,7 @@ impl OutQueue {
                 .front()
                 .is_none_or(|f| self.head_written < f.bytes.len())
         );
-        if self.queue.len() <= 4096 {
+        {
             for (&ch, &pos) in &self.pending {
                 if pos >= self.removed {
                     let f = &self.queue[(pos - self.removed) as usize];

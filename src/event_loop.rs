@@ -84,6 +84,7 @@ struct Ctx {
     id: usize,
     index: Vec<Vec<u32>>,
     dirty: Vec<u32>,
+    dead: Vec<u32>,
     read_retry: Vec<u32>,
     to_ingest: Producer<ToIngest>,
     control_backlog: VecDeque<ToIngest>,
@@ -145,6 +146,7 @@ impl Worker {
                 id: p.id,
                 index: Vec::new(),
                 dirty: Vec::with_capacity(1024),
+                dead: Vec::new(),
                 read_retry: Vec::new(),
                 to_ingest: p.to_ingest,
                 control_backlog: VecDeque::new(),
@@ -430,16 +432,33 @@ impl Worker {
                         seq,
                         ingest_ns,
                     });
-                    for &slot in subs {
+                    let ctx = &mut self.ctx;
+                    for &slot in &ctx.index[channel.index()] {
                         let conn = &mut self.conns[slot as usize];
-                        if conn.out.push_update(Rc::clone(&f), budget) == Pushed::Conflated {
-                            self.ctx.counters.conflated += 1;
+                        // A burst larger than the budget within one turn is not a
+                        // slow consumer: write first, conflate only if the socket
+                        // cannot take it.
+                        if conn.out.queued_bytes() + f.bytes.len() > budget && !conn.write_blocked {
+                            match write_out(conn, &mut ctx.counters, &mut ctx.latency, ctx.now_ms) {
+                                Ok(_) => {}
+                                Err(()) => {
+                                    // Closed after the loop; mark it so nothing more is queued.
+                                    conn.write_blocked = true;
+                                    ctx.dead.push(slot);
+                                }
+                            }
                         }
-                        mark_dirty(&mut self.ctx.dirty, conn, slot);
+                        if conn.out.push_update(Rc::clone(&f), budget) == Pushed::Conflated {
+                            ctx.counters.conflated += 1;
+                        }
+                        mark_dirty(&mut ctx.dirty, conn, slot);
                     }
                 }
                 ToWorker::Subscribed(reply) => self.subscribed(*reply),
             }
+        }
+        for slot in std::mem::take(&mut self.ctx.dead) {
+            self.close(slot);
         }
     }
 
@@ -453,30 +472,35 @@ impl Worker {
         }
         let budget = self.ctx.config.outbound_budget;
         let mut refused: Vec<Box<str>> = Vec::new();
+        let mut acked: Vec<Box<str>> = Vec::with_capacity(reply.names.len());
+        let mut snapshots: Vec<FrameRef> = Vec::new();
         for (name, resolved) in reply.names.into_iter().zip(reply.channels) {
-            if conn.subs.get(&name) != Some(&Sub::Pending) {
-                // Unsubscribed meanwhile, or already active through an earlier reply.
-                continue;
+            match conn.subs.get(&name) {
+                Some(Sub::Pending) => {}
+                // Already live from an earlier request: ack, no second snapshot.
+                Some(Sub::Active(_)) => {
+                    acked.push(name);
+                    continue;
+                }
+                // Unsubscribed while the request was in flight.
+                None => continue,
             }
             let Some((id, snapshot)) = resolved else {
                 conn.subs.remove(&name);
                 refused.push(name);
                 continue;
             };
-            conn.subs.insert(name, Sub::Active(id));
-            let list = index_entry(&mut self.ctx.index, id);
-            list.push(slot);
+            conn.subs.insert(name.clone(), Sub::Active(id));
+            acked.push(name);
+            index_entry(&mut self.ctx.index, id).push(slot);
             self.ctx.counters.subscriptions += 1;
             if let Some(s) = snapshot {
-                let f = Rc::new(Frame {
+                snapshots.push(Rc::new(Frame {
                     bytes: s.frame,
                     channel: id,
                     seq: s.seq,
                     ingest_ns: s.ingest_ns,
-                });
-                if conn.out.push_update(f, budget) == Pushed::Conflated {
-                    self.ctx.counters.conflated += 1;
-                }
+                }));
             }
         }
         if !refused.is_empty() {
@@ -487,6 +511,15 @@ impl Worker {
             conn.out
                 .push_control(Frame::control(conn::error_frame("channel_limit", &msg)));
             self.ctx.counters.client_errors += 1;
+        }
+        if !acked.is_empty() || refused.is_empty() {
+            conn.out
+                .push_control(Frame::control(conn::ack_frame("subscribed", &acked)));
+        }
+        for f in snapshots {
+            if conn.out.push_update(f, budget) == Pushed::Conflated {
+                self.ctx.counters.conflated += 1;
+            }
         }
         mark_dirty(&mut self.ctx.dirty, conn, slot);
     }
@@ -513,34 +546,15 @@ impl Worker {
 
     fn flush(&mut self, slot: u32) {
         let conn = &mut self.conns[slot as usize];
-        let now_ns = clock::now_ns();
-        let ctx = &mut self.ctx;
-        let result = conn.out.flush(&mut conn.stream, |f| {
-            if f.channel != ChannelId::NONE {
-                ctx.counters.deliveries += 1;
-                let ns = now_ns.saturating_sub(f.ingest_ns).max(100);
-                let _ = ctx.latency.record(ns.min(60_000_000_000));
-            }
-        });
-        match result {
-            Ok((Flushed::Drained, n)) => {
-                ctx.counters.bytes_out += n as u64;
-                conn.stalled_since_ms = 0;
-                if conn.out.capacity() > QUEUE_KEEP_FRAMES {
-                    conn.out.shrink_if_idle(QUEUE_KEEP_FRAMES);
-                }
-                if conn.phase == Phase::Closing {
-                    self.close(slot);
-                }
-            }
-            Ok((Flushed::Blocked, n)) => {
-                ctx.counters.bytes_out += n as u64;
-                conn.write_blocked = true;
-                if n > 0 || conn.stalled_since_ms == 0 {
-                    conn.stalled_since_ms = ctx.now_ms.max(1);
-                }
-            }
-            Err(_) => self.close(slot),
+        match write_out(
+            conn,
+            &mut self.ctx.counters,
+            &mut self.ctx.latency,
+            self.ctx.now_ms,
+        ) {
+            Ok(Flushed::Drained) if conn.phase == Phase::Closing => self.close(slot),
+            Ok(_) => {}
+            Err(()) => self.close(slot),
         }
     }
 
@@ -651,6 +665,43 @@ impl Worker {
         self.ctx.unsubscribe_all(&mut conn);
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Writes what the connection's queue holds, records deliveries and latency,
+/// and tracks stalls. `Err` means the peer is gone: close it.
+fn write_out(
+    conn: &mut Conn,
+    counters: &mut WorkerCounters,
+    latency: &mut Histogram<u64>,
+    now_ms: u64,
+) -> Result<Flushed, ()> {
+    let now_ns = clock::now_ns();
+    let result = conn.out.flush(&mut conn.stream, |f| {
+        if f.channel != ChannelId::NONE {
+            counters.deliveries += 1;
+            let ns = now_ns.saturating_sub(f.ingest_ns).max(100);
+            let _ = latency.record(ns.min(60_000_000_000));
+        }
+    });
+    match result {
+        Ok((Flushed::Drained, n)) => {
+            counters.bytes_out += n as u64;
+            conn.stalled_since_ms = 0;
+            if conn.out.capacity() > QUEUE_KEEP_FRAMES {
+                conn.out.shrink_if_idle(QUEUE_KEEP_FRAMES);
+            }
+            Ok(Flushed::Drained)
+        }
+        Ok((Flushed::Blocked, n)) => {
+            counters.bytes_out += n as u64;
+            conn.write_blocked = true;
+            if n > 0 || conn.stalled_since_ms == 0 {
+                conn.stalled_since_ms = now_ms.max(1);
+            }
+            Ok(Flushed::Blocked)
+        }
+        Err(_) => Err(()),
     }
 }
 
@@ -817,18 +868,16 @@ impl Ctx {
                         .push_control(Frame::control(conn::error_frame("too_many_channels", &msg)));
                     return;
                 }
-                for n in &new {
-                    conn.subs.insert(n.clone(), Sub::Pending);
+                for n in new {
+                    conn.subs.insert(n, Sub::Pending);
                 }
-                conn.out
-                    .push_control(Frame::control(conn::ack_frame("subscribed", &names)));
-                if !new.is_empty() {
-                    self.control_backlog.push_back(ToIngest::Subscribe {
-                        worker: self.id,
-                        conn: conn.key,
-                        names: new,
-                    });
-                }
+                // The ack waits for the ingest thread's reply: "subscribed"
+                // means live, and every later update of these channels follows.
+                self.control_backlog.push_back(ToIngest::Subscribe {
+                    worker: self.id,
+                    conn: conn.key,
+                    names,
+                });
             }
             Ok(ClientOp::Unsubscribe(names)) => {
                 for n in &names {
