@@ -157,8 +157,20 @@ fn main() {
     }
 }
 
-fn real_main(cli: Cli) -> Result<i32> {
+fn real_main(mut cli: Cli) -> Result<i32> {
     validate(&cli)?;
+    if cli.source_ips.is_empty() && !cli.child {
+        cli.source_ips = auto_source_ips(&cli)?;
+        if !cli.source_ips.is_empty() {
+            eprintln!(
+                "loadgen: spreading {} connections over {} loopback source addresses ({}..{})",
+                cli.connections,
+                cli.source_ips.len(),
+                cli.source_ips[0],
+                cli.source_ips[cli.source_ips.len() - 1]
+            );
+        }
+    }
     raise_nofile();
     install_stop_handler();
     let wall = Instant::now();
@@ -201,6 +213,34 @@ fn real_main(cli: Cli) -> Result<i32> {
         return Ok(1);
     }
     Ok(0)
+}
+
+/// Connections per source address before we spread over more of them.
+/// Linux hands out ephemeral ports of one parity first; past half the range
+/// (about 14,000 with the default 32768-60999) every connect() scans and
+/// slows to a crawl.
+const CONNS_PER_SOURCE_IP: usize = 10_000;
+
+/// For loopback targets, 127.0.0.0/8 needs no setup: use 127.0.0.1,
+/// 127.0.0.2, ... so each source address stays well inside its port range.
+fn auto_source_ips(cli: &Cli) -> Result<Vec<IpAddr>> {
+    if cli.connections <= CONNS_PER_SOURCE_IP {
+        return Ok(Vec::new());
+    }
+    let url = ws::parse_url(&cli.url)?;
+    let loopback_v4 = url
+        .authority
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| a.ip().is_loopback() && a.is_ipv4());
+    if !loopback_v4 {
+        return Ok(Vec::new());
+    }
+    let n = cli.connections.div_ceil(CONNS_PER_SOURCE_IP).min(250);
+    Ok((1..=n)
+        .map(|i| IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, i as u8)))
+        .collect())
 }
 
 fn validate(cli: &Cli) -> Result<()> {
@@ -505,6 +545,10 @@ fn run_parent(cli: &Cli) -> Result<(Report, Histogram<u64>, Histogram<u64>)> {
             .arg(format!("--conn-offset={offset}"))
             .arg(format!("--threads={child_threads}"))
             .arg(format!("--connect-rate={}", cli.connect_rate / p as f64))
+            .args((!cli.source_ips.is_empty()).then(|| {
+                let ips: Vec<String> = cli.source_ips.iter().map(|ip| ip.to_string()).collect();
+                format!("--source-ips={}", ips.join(","))
+            }))
             .arg("--child")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -591,6 +635,7 @@ fn child_args() -> Vec<String> {
         "--conn-offset",
         "--threads",
         "--connect-rate",
+        "--source-ips",
         "--hgrm",
         "--hgrm-slow",
     ];
@@ -809,6 +854,34 @@ mod tests {
         assert_eq!(n, 100);
         assert_eq!((0..10).filter(|&g| is_slow(1.0, g)).count(), 10);
         assert_eq!((0..10).filter(|&g| is_slow(0.0, g)).count(), 0);
+    }
+
+    #[test]
+    fn loopback_source_spreading() {
+        let cli = |n: &str, url: &str| {
+            Cli::parse_from([
+                "loadgen",
+                "--url",
+                url,
+                "--channels",
+                "A",
+                "--connections",
+                n,
+            ])
+        };
+        assert!(
+            auto_source_ips(&cli("10000", "ws://127.0.0.1:1/ws"))
+                .unwrap()
+                .is_empty()
+        );
+        let ips = auto_source_ips(&cli("25000", "ws://127.0.0.1:1/ws")).unwrap();
+        assert_eq!(ips.len(), 3);
+        assert_eq!(ips[2].to_string(), "127.0.0.3");
+        assert!(
+            auto_source_ips(&cli("25000", "ws://[::1]:1/ws"))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -269,7 +269,13 @@ fn run_inner(
         if next_spec < specs.len() {
             let due =
                 ((start.elapsed().as_secs_f64() * cfg.connect_rate) as usize + 1).min(specs.len());
-            while next_spec < due && in_flight < MAX_IN_FLIGHT {
+            // connect() can get slow when ephemeral ports run low; never
+            // let it starve the established connections for long.
+            let ramp_turn = Instant::now();
+            while next_spec < due
+                && in_flight < MAX_IN_FLIGHT
+                && ramp_turn.elapsed() < Duration::from_millis(5)
+            {
                 let i = next_spec;
                 next_spec += 1;
                 match open_socket(cfg, &specs[i]) {
