@@ -1,6 +1,7 @@
 //! End-to-end checks of the feedsim binary against in-test mock targets: a
-//! tickwire-style NDJSON ingest that answers one error line, and a NATS
-//! server that expects INFO/CONNECT/PUB and sends a PING and an -ERR.
+//! tickwire-style NDJSON ingest that answers one error line, a NATS server
+//! that expects INFO/CONNECT/PUB and sends a PING and an -ERR, and a
+//! WebSocket endpoint that checks the masked text frames.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -159,4 +160,62 @@ fn bad_arguments_are_rejected() {
     ]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
+}
+
+#[test]
+fn ws_target_sends_masked_text_frames() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).unwrap();
+            head.push(b[0]);
+        }
+        assert!(head.starts_with(b"GET /feed HTTP/1.1\r\n"));
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+            .unwrap();
+        let mut ticks = Vec::new();
+        let mut h = [0u8; 2];
+        while s.read_exact(&mut h).is_ok() {
+            assert_eq!(h[0], 0x81, "FIN + text");
+            assert!(h[1] & 0x80 != 0, "masked");
+            let len = (h[1] & 0x7F) as usize;
+            assert!(len < 126);
+            let mut m = [0u8; 4];
+            s.read_exact(&mut m).unwrap();
+            let mut p = vec![0u8; len];
+            s.read_exact(&mut p).unwrap();
+            for (i, b) in p.iter_mut().enumerate() {
+                *b ^= m[i & 3];
+            }
+            let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+            ticks.push(v);
+        }
+        tx.send(ticks).unwrap();
+    });
+    let url = format!("ws://127.0.0.1:{port}/feed");
+    let (v, out) = feedsim(&[
+        "--ws",
+        &url,
+        "--universe",
+        "3",
+        "--count",
+        "50",
+        "--rate",
+        "5000",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(v["sent"], 50);
+    let ticks = rx.recv().unwrap();
+    assert_eq!(ticks.len(), 50);
+    assert!(ticks.iter().all(|t| t["n"].as_u64().unwrap() >= 1));
 }
