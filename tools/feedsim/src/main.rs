@@ -290,7 +290,7 @@ fn run(cli: Cli) -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     let summary = Summary {
-        target: format!("{target:?}"),
+        target: target.to_string(),
         sent,
         per_sec: (sent as f64 / dur * 10.0).round() / 10.0,
         errors: errors.errors.load(Relaxed),

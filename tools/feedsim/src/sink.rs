@@ -19,6 +19,17 @@ pub enum Target {
     Stdout,
 }
 
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Ingest(a) => write!(f, "ingest {a}"),
+            Target::Nats(a) => write!(f, "nats {a}"),
+            Target::Ws(u) => write!(f, "ws {u}"),
+            Target::Stdout => write!(f, "stdout"),
+        }
+    }
+}
+
 /// Errors reported back by servers, over all connections.
 #[derive(Default)]
 pub struct ErrorCount {
