@@ -256,8 +256,9 @@ fn describe(s: &str, p: &Value) -> String {
         ),
         "S3" => format!(
             "{n} connections each on {} of {} channels (Zipf), {} ticks/s over the same Zipf \
-             universe, {d} s measured. Offered deliveries depend on the draw, so there is no \
-             '% of offered'; gaps show loss or conflation.",
+             universe, {d} s measured. Offered deliveries depend on the subscription draw; \
+             '% offered' (≈) uses an estimate of the expected fan-out. Gaps show loss or \
+             conflation.",
             fmt_int(&p["per_client"]),
             fmt_int(&p["universe"]),
             fmt_int(&p["rate"])
@@ -319,7 +320,15 @@ fn table_fanout(md: &mut String, rs: &[&Value], slow: bool) {
             None => (d, f(&r["offered_deliveries_per_sec"])),
         };
         let pct = match (dd, off) {
-            (Some(d), Some(o)) if o > 0.0 => format!("{:.1}%", 100.0 * d / o),
+            (Some(d), Some(o)) if o > 0.0 => format!(
+                "{}{:.1}%",
+                if r["offered_estimated"] == true {
+                    "≈"
+                } else {
+                    ""
+                },
+                100.0 * d / o
+            ),
             _ => "–".into(),
         };
         let cpu = f(&r["server"]["cpu_us_per_delivery"]);
