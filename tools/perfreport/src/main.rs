@@ -246,13 +246,14 @@ fn describe(s: &str, p: &Value) -> String {
         ),
         "S2" => format!(
             "{n} connections on one channel; the tick rate is stepped up ({} ticks/s, {d} s \
-             each) until delivery falls below 99.9% of offered, p99 exceeds 10× the first \
-             step's (and 10 ms), or clients are disconnected. The table shows the highest \
+             each) until delivery falls below {}% of offered, p99 exceeds 10× the first \
+             step's (and 50 ms), or clients are disconnected. The table shows the highest \
              sustained step.",
             p["steps"]
                 .as_array()
                 .map(|a| a.iter().map(fmt_int).collect::<Vec<_>>().join(", "))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            f(&p["keep_up"]).map_or("99".into(), |k| format!("{}", k * 100.0))
         ),
         "S3" => format!(
             "{n} connections each on {} of {} channels (Zipf), {} ticks/s over the same Zipf \
