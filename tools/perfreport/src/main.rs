@@ -302,7 +302,7 @@ fn table_fanout(md: &mut String, rs: &[&Value], slow: bool) {
          | max | gaps | disc. | connected | CPU µs/deliv. | vs baseline | server CPU | RSS | \
          loadgen CPU |{}",
         if slow {
-            " slow: deliveries | slow: disc. |"
+            " slow clients | slow: deliveries | slow: skipped | slow: p99 |"
         } else {
             ""
         }
