@@ -21,6 +21,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 pub const DEFAULT_SLOW_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes queued per connection before it conflates: ~2,500 quotes of 100 bytes.
 pub const DEFAULT_OUTBOUND_BUDGET: usize = 256 * 1024;
+/// Kernel send buffer per client socket (SO_SNDBUF; Linux doubles it). Small
+/// enough that a stalled reader's backlog moves into the conflating queue
+/// within a few hundred KiB; large enough for one loop turn's writes.
+pub const DEFAULT_SOCKET_SEND_BUFFER: usize = 256 * 1024;
 /// Largest client message (after reassembly), bytes.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 64 * 1024;
 /// Longest ingest line, bytes.
@@ -57,6 +61,8 @@ pub struct Config {
     pub slow_consumer_timeout: Duration,
     /// Per-connection outbound bytes before conflation.
     pub outbound_budget: usize,
+    /// SO_SNDBUF per client socket; 0 leaves the kernel's autotuning.
+    pub socket_send_buffer: usize,
     /// Largest client message, bytes.
     pub max_frame_size: usize,
     /// Longest ingest line, bytes.
@@ -82,6 +88,7 @@ impl Default for Config {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             slow_consumer_timeout: DEFAULT_SLOW_CONSUMER_TIMEOUT,
             outbound_budget: DEFAULT_OUTBOUND_BUDGET,
+            socket_send_buffer: DEFAULT_SOCKET_SEND_BUFFER,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             max_line_size: DEFAULT_MAX_LINE_SIZE,
             max_channels_per_connection: DEFAULT_MAX_CHANNELS_PER_CONNECTION,
@@ -165,6 +172,9 @@ pub struct Cli {
     /// Outbound bytes queued per connection before updates are conflated, e.g. 256KiB [default: 256KiB]
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub outbound_budget: Option<usize>,
+    /// Kernel send buffer per client socket (SO_SNDBUF), 0 for the kernel's autotuning [default: 256KiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub socket_send_buffer: Option<usize>,
     /// Largest client message; bigger frames get close 1009 [default: 64KiB]
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub max_frame_size: Option<usize>,
@@ -196,6 +206,7 @@ struct FileConfig {
     idle_timeout: Option<DurationValue>,
     slow_consumer_timeout: Option<DurationValue>,
     outbound_budget: Option<SizeValue>,
+    socket_send_buffer: Option<SizeValue>,
     max_frame_size: Option<SizeValue>,
     max_line_size: Option<SizeValue>,
     max_channels_per_connection: Option<usize>,
@@ -322,6 +333,7 @@ impl Config {
         set!(slow_consumer_timeout, duration_of);
         set!(outbound_budget, size_of);
         set!(max_frame_size, size_of);
+        set!(socket_send_buffer, size_of);
         set!(max_line_size, size_of);
         c.demo = cli.demo || file.demo.unwrap_or(false);
         c.validate()?;

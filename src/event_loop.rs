@@ -287,6 +287,11 @@ impl Worker {
                 continue;
             }
             let _ = stream.set_nodelay(true);
+            if self.ctx.config.socket_send_buffer > 0 {
+                // A capped kernel buffer keeps a slow reader's backlog in our
+                // conflating queue instead of megabytes of stale kernel data.
+                let _ = socket2::SockRef::from(&stream).set_send_buffer_size(self.ctx.config.socket_send_buffer);
+            }
             let entry = self.conns.vacant_entry();
             let slot = entry.key();
             if self
