@@ -33,35 +33,43 @@ impl Write for Sink {
 const SUBSCRIBERS: usize = 1000;
 
 fn bench(c: &mut Criterion) {
-    let frame = tickwire::frame::update(b"AAPL", 1, br#"{"ch":"AAPL","bid":189.25,"ask":189.27,"bid_size":300,"ask_size":500}"#);
+    let frame = tickwire::frame::update(
+        b"AAPL",
+        1,
+        br#"{"ch":"AAPL","bid":189.25,"ask":189.27,"bid_size":300,"ask_size":500}"#,
+    );
     let mut g = c.benchmark_group("fanout");
     for per_turn in [1usize, 8] {
         // One element = one delivery (a frame written to one subscriber).
         g.throughput(Throughput::Elements((SUBSCRIBERS * per_turn) as u64));
-        g.bench_function(format!("1000_subscribers_{per_turn}_frames_per_write"), |b| {
-            let mut queues: Vec<OutQueue> = (0..SUBSCRIBERS).map(|_| OutQueue::default()).collect();
-            let mut sink = Sink(0);
-            let mut seq = 0;
-            b.iter(|| {
-                for _ in 0..per_turn {
-                    seq += 1;
-                    let f = Rc::new(Frame {
-                        bytes: Bytes::clone(&frame),
-                        channel: ChannelId(0),
-                        seq,
-                        ingest_ns: 0,
-                    });
-                    for q in queues.iter_mut() {
-                        q.push_update(Rc::clone(&f), 256 * 1024);
+        g.bench_function(
+            format!("1000_subscribers_{per_turn}_frames_per_write"),
+            |b| {
+                let mut queues: Vec<OutQueue> =
+                    (0..SUBSCRIBERS).map(|_| OutQueue::default()).collect();
+                let mut sink = Sink(0);
+                let mut seq = 0;
+                b.iter(|| {
+                    for _ in 0..per_turn {
+                        seq += 1;
+                        let f = Rc::new(Frame {
+                            bytes: Bytes::clone(&frame),
+                            channel: ChannelId(0),
+                            seq,
+                            ingest_ns: 0,
+                        });
+                        for q in queues.iter_mut() {
+                            q.push_update(Rc::clone(&f), 256 * 1024);
+                        }
                     }
-                }
-                let mut delivered = 0u64;
-                for q in queues.iter_mut() {
-                    q.flush(&mut sink, |_| delivered += 1).unwrap();
-                }
-                black_box(delivered)
-            })
-        });
+                    let mut delivered = 0u64;
+                    for q in queues.iter_mut() {
+                        q.flush(&mut sink, |_| delivered += 1).unwrap();
+                    }
+                    black_box(delivered)
+                })
+            },
+        );
     }
     g.finish();
 }

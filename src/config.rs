@@ -254,10 +254,11 @@ fn size_of(key: &'static str, v: SizeValue) -> Result<usize, ConfigError> {
 
 /// Parses "15s", "500ms", "1m" (humantime syntax) or plain seconds ("2.5").
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.trim().parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
-        }
+    if let Ok(secs) = s.trim().parse::<f64>()
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        return Ok(Duration::from_secs_f64(secs));
     }
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("{s:?} is not a duration ({e}); try 15s or 500ms"))

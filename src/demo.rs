@@ -78,9 +78,9 @@ pub fn run_feed(ingest: SocketAddr, rate: u32, shutdown: Arc<AtomicBool>) {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos());
                 line.clear();
-                let _ = write!(
+                let _ = writeln!(
                     line,
-                    "{{\"ch\":\"{}\",\"bid\":{:.2},\"ask\":{:.2},\"bid_size\":{},\"ask_size\":{},\"t\":{}}}\n",
+                    "{{\"ch\":\"{}\",\"bid\":{:.2},\"ask\":{:.2},\"bid_size\":{},\"ask_size\":{},\"t\":{}}}",
                     SYMBOLS[i],
                     q.mid - half,
                     q.mid + half,

@@ -191,11 +191,11 @@ impl Worker {
                     Duration::ZERO
                 }
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    eprintln!("tickwire: worker {} poll failed: {e}", self.ctx.id);
-                    break;
-                }
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                eprintln!("tickwire: worker {} poll failed: {e}", self.ctx.id);
+                break;
             }
             self.bell.awake();
             self.ctx.now_ms = self.now_ms();
@@ -205,11 +205,11 @@ impl Worker {
                     WAKER_TOKEN => {}
                     Token(slot) => {
                         let slot = slot as u32;
-                        if event.is_writable() {
-                            if let Some(c) = self.conns.get_mut(slot as usize) {
-                                c.write_blocked = false;
-                                mark_dirty(&mut self.ctx.dirty, c, slot);
-                            }
+                        if event.is_writable()
+                            && let Some(c) = self.conns.get_mut(slot as usize)
+                        {
+                            c.write_blocked = false;
+                            mark_dirty(&mut self.ctx.dirty, c, slot);
                         }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.read(slot);
@@ -290,7 +290,8 @@ impl Worker {
             if self.ctx.config.socket_send_buffer > 0 {
                 // A capped kernel buffer keeps a slow reader's backlog in our
                 // conflating queue instead of megabytes of stale kernel data.
-                let _ = socket2::SockRef::from(&stream).set_send_buffer_size(self.ctx.config.socket_send_buffer);
+                let _ = socket2::SockRef::from(&stream)
+                    .set_send_buffer_size(self.ctx.config.socket_send_buffer);
             }
             let entry = self.conns.vacant_entry();
             let slot = entry.key();
@@ -355,7 +356,8 @@ impl Worker {
                 let used = self.ctx.input(conn, slot, &mut buf);
                 buf.drain(..used);
             }
-            if buf.capacity() > 2 * READ_SCRATCH && buf.is_empty() {
+            if buf.is_empty() && buf.capacity() > 0 {
+                // Partial input is rare; an idle connection should hold no buffer.
                 buf = Vec::new();
             }
             conn.inbuf = buf;

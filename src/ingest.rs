@@ -323,11 +323,11 @@ impl Ingest {
                     Some(IDLE_POLL)
                 }
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing_error(&format!("ingest poll failed: {e}"));
-                    break;
-                }
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                tracing_error(&format!("ingest poll failed: {e}"));
+                break;
             }
             self.bell.awake();
             let mut again = std::mem::take(&mut retry);
