@@ -727,4 +727,31 @@ mod tests {
         assert!(s.resolve("OTHER").is_some());
         assert!(s.resolve("THIRD").is_none());
     }
+
+    #[test]
+    fn random_lines_never_panic_and_only_valid_ones_sequence() {
+        let mut rng = crate::rng::Rng::new(7);
+        let mut s = Sequencer::new(100);
+        let base = br#"{"ch":"AB","p":[1,2,{"q":"x"}],"z":null}"#;
+        let mut accepted = 0u64;
+        for _ in 0..20_000 {
+            let mut line = base.to_vec();
+            for _ in 0..rng.below(3) {
+                let at = rng.below(line.len() as u64) as usize;
+                line[at] = rng.next_u64() as u8;
+            }
+            if let Ok(Some(seq)) = s.accept(&line, 0) {
+                accepted += 1;
+                // Whatever was accepted is a valid frame around the exact line.
+                let payload = &seq.frame[crate::frame::header_len(seq.frame.len() - 2)..];
+                assert!(payload.windows(line.len()).any(|w| w == &line[..]));
+                let v: serde_json::Value =
+                    serde_json::from_slice(payload).expect("valid JSON frame");
+                assert!(crate::channel::is_valid(
+                    v["ch"].as_str().unwrap().as_bytes()
+                ));
+            }
+        }
+        assert!(accepted > 0);
+    }
 }
