@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -215,7 +214,6 @@ impl Sequencer {
 
 struct Feed {
     stream: TcpStream,
-    peer: SocketAddr,
     buf: Box<[u8]>,
     start: usize,
     filled: usize,
@@ -225,7 +223,6 @@ struct Feed {
     discarding: bool,
     out: Vec<u8>,
     out_dropped: u64,
-    eof: bool,
 }
 
 /// The ingest thread's state.
@@ -360,7 +357,7 @@ impl Ingest {
     fn accept(&mut self) {
         loop {
             match self.listener.accept() {
-                Ok((mut stream, peer)) => {
+                Ok((mut stream, _)) => {
                     let _ = stream.set_nodelay(true);
                     let entry = self.feeds.vacant_entry();
                     let key = entry.key();
@@ -378,7 +375,6 @@ impl Ingest {
                     }
                     entry.insert(Feed {
                         stream,
-                        peer,
                         buf: vec![0; self.max_line + READ_CHUNK].into_boxed_slice(),
                         start: 0,
                         filled: 0,
@@ -386,7 +382,6 @@ impl Ingest {
                         discarding: false,
                         out: Vec::new(),
                         out_dropped: 0,
-                        eof: false,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -412,7 +407,6 @@ impl Ingest {
             }
             let n = match feed.stream.read(&mut feed.buf[feed.filled..]) {
                 Ok(0) => {
-                    feed.eof = true;
                     self.close_feed(key);
                     return false;
                 }
@@ -577,9 +571,8 @@ impl Ingest {
         // A last unterminated line still counts: feeds may omit the final newline.
         if !feed.discarding && feed.filled > feed.start {
             let now = clock::now_ns();
-            let line_no = feed.line + 1;
-            let bytes = feed.buf[feed.start..feed.filled].to_vec();
-            match self.sequencer.accept(&bytes, now) {
+            let bytes = &feed.buf[feed.start..feed.filled];
+            match self.sequencer.accept(bytes, now) {
                 Ok(Some(s)) => {
                     self.messages += 1;
                     self.bytes += bytes.len() as u64;
@@ -592,13 +585,11 @@ impl Ingest {
                         .iter()
                         .position(|r| *r == reason)
                         .expect("listed");
+                    // Nobody is left to tell; count it.
                     self.rejects[k] += 1;
-                    let _ = line_no;
                 }
             }
         }
-        let _ = feed.eof;
-        let _ = feed.peer;
         let _ = self.poll.registry().deregister(&mut feed.stream);
     }
 
