@@ -226,7 +226,13 @@ impl OutQueue {
                 n_iov += 1;
                 batch_bytes += bytes.len();
             }
-            let written = match out.write_vectored(&iov[..n_iov]) {
+            // One frame due: plain write() skips the kernel's iovec import.
+            let attempt = if n_iov == 1 {
+                out.write(&iov[0])
+            } else {
+                out.write_vectored(&iov[..n_iov])
+            };
+            let written = match attempt {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
