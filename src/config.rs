@@ -21,9 +21,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 pub const DEFAULT_SLOW_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes queued per connection before it conflates: ~2,500 quotes of 100 bytes.
 pub const DEFAULT_OUTBOUND_BUDGET: usize = 256 * 1024;
-/// Kernel send buffer per client socket (SO_SNDBUF; Linux doubles it). Small
-/// enough that a stalled reader's backlog moves into the conflating queue
-/// within a few hundred KiB; large enough for one loop turn's writes.
+/// Kernel send buffer per client socket (SO_SNDBUF; Linux doubles it). Data
+/// in the kernel cannot be conflated, so this is capped (autotuning grows it to
+/// 4 MiB); 64 KiB measured too small here: a fast client on a loaded 2-core
+/// machine then fell behind by more than buffer + budget and got conflated.
 pub const DEFAULT_SOCKET_SEND_BUFFER: usize = 256 * 1024;
 /// Largest client message (after reassembly), bytes.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 64 * 1024;

@@ -200,7 +200,21 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let (ws, resp) = tungstenite::connect(format!("ws://{addr}/ws")).expect("ws connect");
-        assert_eq!(resp.status(), 101);
+        Self::ready(ws, resp.status().as_u16())
+    }
+
+    /// A client whose socket has this receive buffer (set before connecting,
+    /// so TCP's window scaling honours it).
+    pub fn connect_with_rcvbuf(addr: SocketAddr, rcvbuf: usize) -> Client {
+        let stream = stream_with_rcvbuf(addr, rcvbuf);
+        let (ws, resp) =
+            tungstenite::client(format!("ws://{addr}/ws"), MaybeTlsStream::Plain(stream))
+                .expect("ws connect");
+        Self::ready(ws, resp.status().as_u16())
+    }
+
+    fn ready(ws: Ws, status: u16) -> Client {
+        assert_eq!(status, 101);
         if let MaybeTlsStream::Plain(s) = ws.get_ref() {
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         }
@@ -282,9 +296,24 @@ pub struct RawWs {
     pub buf: Vec<u8>,
 }
 
+/// A connected socket with SO_RCVBUF set before the handshake.
+pub fn stream_with_rcvbuf(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(rcvbuf).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    sock.into()
+}
+
 impl RawWs {
     pub fn connect(addr: SocketAddr) -> RawWs {
-        let mut s = TcpStream::connect(addr).unwrap();
+        Self::handshake(TcpStream::connect(addr).unwrap())
+    }
+
+    pub fn connect_with_rcvbuf(addr: SocketAddr, rcvbuf: usize) -> RawWs {
+        Self::handshake(stream_with_rcvbuf(addr, rcvbuf))
+    }
+
+    fn handshake(mut s: TcpStream) -> RawWs {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").unwrap();
         let mut buf = Vec::new();
