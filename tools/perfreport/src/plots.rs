@@ -203,8 +203,10 @@ fn s2(run: &Value, dir: &Path, cpu: bool) -> Result<bool> {
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_labels(12)
-        .y_labels(12)
+        // Log axes over less than a decade get crowded: few labels, no minor lines.
+        .x_labels(6)
+        .y_labels(8)
+        .light_line_style(TRANSPARENT)
         .x_desc("offered deliveries/s (ticks/s × connections)")
         .y_desc(if cpu {
             "server CPU µs per delivery"
