@@ -684,6 +684,7 @@ fn write_out(
     now_ms: u64,
 ) -> Result<Flushed, ()> {
     let now_ns = clock::now_ns();
+    counters.flushes += 1;
     let result = conn.out.flush(&mut conn.stream, |f| {
         if f.channel != ChannelId::NONE {
             counters.deliveries += 1;

@@ -82,6 +82,9 @@ pub struct WorkerStats {
     pub deliveries: AtomicU64,
     /// Bytes written to sockets.
     pub bytes_out: AtomicU64,
+    /// Gathered socket writes (one per connection flush): deliveries divided
+    /// by this is the batching factor.
+    pub flushes: AtomicU64,
     /// Updates replaced by a newer one before being written.
     pub conflated: AtomicU64,
     /// Connections closed for blocking past `slow_consumer_timeout`.
@@ -114,6 +117,8 @@ pub struct WorkerCounters {
     /// See [`WorkerStats`].
     pub bytes_out: u64,
     /// See [`WorkerStats`].
+    pub flushes: u64,
+    /// See [`WorkerStats`].
     pub conflated: u64,
     /// See [`WorkerStats`].
     pub slow_consumer_closes: u64,
@@ -142,6 +147,7 @@ impl WorkerCounters {
         s.subscriptions.store(self.subscriptions, r);
         s.deliveries.store(self.deliveries, r);
         s.bytes_out.store(self.bytes_out, r);
+        s.flushes.store(self.flushes, r);
         s.conflated.store(self.conflated, r);
         s.slow_consumer_closes.store(self.slow_consumer_closes, r);
         s.idle_closes.store(self.idle_closes, r);
@@ -269,6 +275,13 @@ impl Metrics {
             "Bytes written to client sockets.",
             "counter",
             self.total(|w| &w.bytes_out),
+        );
+        gauge(
+            &mut o,
+            "tickwire_socket_flushes_total",
+            "Connection flushes (gathered writes); deliveries per flush is the batching factor.",
+            "counter",
+            self.total(|w| &w.flushes),
         );
         gauge(
             &mut o,
