@@ -125,6 +125,7 @@ td:first-child,th:first-child{text-align:left}
 <script>
 const rows = {}, tbody = document.getElementById('rows'), status = document.getElementById('status');
 let ws, total = 0;
+const fmt = (v) => typeof v === 'number' ? v.toFixed(2) : v;
 function subscribe() {
   const chans = document.getElementById('syms').value.split(',').map(s => s.trim()).filter(Boolean);
   if (ws && ws.readyState === 1 && chans.length) ws.send(JSON.stringify({op: 'subscribe', channels: chans}));
@@ -146,8 +147,8 @@ function connect() {
     if (m.type !== 'update') return;
     const r = row(m.ch), d = m.data, c = r.tr.children;
     r.n++; total++;
-    if (d.bid !== undefined) { c[1].className = d.bid >= r.bid ? 'up' : 'down'; r.bid = d.bid; c[1].textContent = d.bid; }
-    if (d.ask !== undefined) c[2].textContent = d.ask;
+    if (d.bid !== undefined) { c[1].className = d.bid >= r.bid ? 'up' : 'down'; r.bid = d.bid; c[1].textContent = fmt(d.bid); }
+    if (d.ask !== undefined) c[2].textContent = fmt(d.ask);
     if (d.bid_size !== undefined) c[3].textContent = d.bid_size;
     if (d.ask_size !== undefined) c[4].textContent = d.ask_size;
     c[5].textContent = m.seq; c[6].textContent = r.n;
