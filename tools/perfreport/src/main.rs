@@ -552,3 +552,43 @@ fn table_s5(md: &mut String, rs: &[&Value]) {
     }
     md.push('\n');
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(fmt_rate(Some(1_610_000.0)), "1.61 M");
+        assert_eq!(fmt_rate(Some(49_990.0)), "50.0 k");
+        assert_eq!(fmt_us(Some(56_800.0)), "56.8 ms");
+        assert_eq!(fmt_us(Some(850.0)), "850 µs");
+        assert_eq!(ratio(Some(2.0), Some(1.0)), "2.00×");
+        assert_eq!(ratio(Some(2.0), None), "–");
+    }
+
+    #[test]
+    fn renders_a_minimal_run() {
+        let run: Value = serde_json::from_str(
+            r#"{"date":"2026-01-01T00:00:00+00:00","git_rev":"abc","scenarios":["S1","S5"],
+                "engines":["tickwire","baseline"],
+                "params":{"S1":{"title":"t","connections":10,"rate":5,"duration":1},
+                          "S5":{"title":"idle","connections":10,"duration":1}},
+                "results":[
+                  {"scenario":"S1","engine":"baseline","status":"ok","delivered_per_sec":50.0,
+                   "offered_deliveries_per_sec":50,"loadgen":{"latency_us":{"p99":900.0}},
+                   "server":{"cpu_us_per_delivery":2.0}},
+                  {"scenario":"S1","engine":"tickwire","status":"ok","delivered_per_sec":25.0,
+                   "offered_deliveries_per_sec":50,"loadgen":{"latency_us":{"p99":1800.0}},
+                   "server":{"cpu_us_per_delivery":1.0}},
+                  {"scenario":"S5","engine":"tickwire","status":"ok","rss_kib_per_connection":0.5}
+                ]}"#,
+        )
+        .unwrap();
+        let md = render_markdown(&run, Path::new("x.json"), "plots", &[]);
+        assert!(md.contains("## S1"));
+        assert!(md.contains("| **tickwire** | 25 | 50.0% | 0.50× |"));
+        assert!(md.contains("0.50×"));
+        assert!(md.contains("## Summary"));
+    }
+}
