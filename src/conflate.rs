@@ -402,6 +402,44 @@ mod tests {
         assert_eq!(sink.got.len(), 20);
     }
 
+    /// Gathered writes, cut anywhere by a socket with little room, put exactly
+    /// the queued bytes on the wire, in order.
+    #[test]
+    fn partial_writes_keep_the_byte_stream_exact() {
+        let mut rng = crate::rng::Rng::new(3);
+        let mut q = OutQueue::default();
+        let mut expect = Vec::new();
+        let mut sink = Sink {
+            room: 0,
+            got: vec![],
+        };
+        for seq in 1..=3000u64 {
+            let len = if rng.below(10) == 0 {
+                1000 + rng.below(3000) as usize
+            } else {
+                20 + rng.below(200) as usize
+            };
+            let bytes: Vec<u8> = (0..len).map(|i| (seq as usize * 31 + i) as u8).collect();
+            expect.extend_from_slice(&bytes);
+            q.push_update(
+                Rc::new(Frame {
+                    bytes: Bytes::from(bytes),
+                    channel: ChannelId(0),
+                    seq,
+                    ingest_ns: 0,
+                }),
+                usize::MAX / 2,
+            );
+            if rng.below(4) == 0 {
+                sink.room = rng.below(5000) as usize;
+                q.flush(&mut sink, |_| {}).unwrap();
+            }
+        }
+        sink.room = usize::MAX;
+        assert_eq!(q.flush(&mut sink, |_| {}).unwrap().0, Flushed::Drained);
+        assert_eq!(sink.got, expect);
+    }
+
     #[test]
     fn forgotten_channel_is_not_overwritten() {
         let mut q = OutQueue::default();
