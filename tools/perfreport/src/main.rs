@@ -198,6 +198,11 @@ fn render_markdown(run: &Value, input: &Path, plots: &str, figs: &[String]) -> S
          broadcaster with no per-client protocol work: a yardstick for what the kernel allows, \
          not a competitor.\n"
     );
+    let _ = writeln!(
+        md,
+        "Engine microbenchmarks (criterion: frame build, ingest line, ring hand-off, fan-out \
+         CPU per delivery, conflation) are in [MICROBENCH.md](MICROBENCH.md).\n"
+    );
 
     summary(&mut md, run);
     let params = &run["params"];
