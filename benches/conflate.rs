@@ -35,12 +35,7 @@ fn bench(c: &mut Criterion) {
 }
 
 fn frame(bytes: &Bytes, ch: u32, seq: u64) -> Rc<Frame> {
-    Rc::new(Frame {
-        bytes: bytes.clone(),
-        channel: ChannelId(ch),
-        seq,
-        ingest_ns: 0,
-    })
+    Frame::update(bytes.clone(), ChannelId(ch), seq, 0)
 }
 
 criterion_group!(benches, bench);

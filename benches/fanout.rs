@@ -52,12 +52,7 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| {
                     for _ in 0..per_turn {
                         seq += 1;
-                        let f = Rc::new(Frame {
-                            bytes: Bytes::clone(&frame),
-                            channel: ChannelId(0),
-                            seq,
-                            ingest_ns: 0,
-                        });
+                        let f = Frame::update(Bytes::clone(&frame), ChannelId(0), seq, 0);
                         for q in queues.iter_mut() {
                             q.push_update(Rc::clone(&f), 256 * 1024);
                         }

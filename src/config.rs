@@ -26,6 +26,12 @@ pub const DEFAULT_OUTBOUND_BUDGET: usize = 256 * 1024;
 /// 4 MiB); 64 KiB measured too small here: a fast client on a loaded 2-core
 /// machine then fell behind by more than buffer + budget and got conflated.
 pub const DEFAULT_SOCKET_SEND_BUFFER: usize = 256 * 1024;
+/// Unsent bytes the kernel may hold per client socket (TCP_NOTSENT_LOWAT)
+/// before writes would block. Bytes in the kernel cannot be conflated, so a
+/// lagging client is kept at most this far behind by the kernel; our queue
+/// conflates the rest. Does not limit a client that keeps up: its data leaves
+/// the unsent queue at once.
+pub const DEFAULT_SOCKET_NOTSENT_LOWAT: usize = 16 * 1024;
 /// Largest client message (after reassembly), bytes.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 64 * 1024;
 /// Longest ingest line, bytes.
@@ -62,8 +68,13 @@ pub struct Config {
     pub slow_consumer_timeout: Duration,
     /// Per-connection outbound bytes before conflation.
     pub outbound_budget: usize,
+    /// Conflate as soon as a client's socket would block (else only past
+    /// the budget).
+    pub conflate_on_block: bool,
     /// SO_SNDBUF per client socket; 0 leaves the kernel's autotuning.
     pub socket_send_buffer: usize,
+    /// TCP_NOTSENT_LOWAT per client socket; 0 leaves the kernel's default.
+    pub socket_notsent_lowat: usize,
     /// Largest client message, bytes.
     pub max_frame_size: usize,
     /// Longest ingest line, bytes.
@@ -89,7 +100,9 @@ impl Default for Config {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             slow_consumer_timeout: DEFAULT_SLOW_CONSUMER_TIMEOUT,
             outbound_budget: DEFAULT_OUTBOUND_BUDGET,
+            conflate_on_block: true,
             socket_send_buffer: DEFAULT_SOCKET_SEND_BUFFER,
+            socket_notsent_lowat: DEFAULT_SOCKET_NOTSENT_LOWAT,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             max_line_size: DEFAULT_MAX_LINE_SIZE,
             max_channels_per_connection: DEFAULT_MAX_CHANNELS_PER_CONNECTION,
@@ -155,6 +168,9 @@ pub struct Cli {
     /// Pin workers to cores: true or false [default: true]
     #[arg(long, value_name = "BOOL")]
     pub pin_workers: Option<bool>,
+    /// Conflate a client's updates as soon as its socket would block (true: freshest data for lagging clients) or only once outbound_budget is queued (false: in-order backlog up to the budget) [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub conflate_on_block: Option<bool>,
     /// Run the built-in synthetic feed (about 50 symbols) and serve a quote page at /
     #[arg(long)]
     pub demo: bool,
@@ -176,6 +192,9 @@ pub struct Cli {
     /// Kernel send buffer per client socket (SO_SNDBUF), 0 for the kernel's autotuning [default: 256KiB]
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub socket_send_buffer: Option<usize>,
+    /// Unsent bytes the kernel may hold per client socket (TCP_NOTSENT_LOWAT) before updates conflate, 0 for the kernel default [default: 16KiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub socket_notsent_lowat: Option<usize>,
     /// Largest client message; bigger frames get close 1009 [default: 64KiB]
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub max_frame_size: Option<usize>,
@@ -201,6 +220,7 @@ struct FileConfig {
     ingest: Option<SocketAddr>,
     workers: Option<usize>,
     pin_workers: Option<bool>,
+    conflate_on_block: Option<bool>,
     demo: Option<bool>,
     demo_rate: Option<u32>,
     ping_interval: Option<DurationValue>,
@@ -208,6 +228,7 @@ struct FileConfig {
     slow_consumer_timeout: Option<DurationValue>,
     outbound_budget: Option<SizeValue>,
     socket_send_buffer: Option<SizeValue>,
+    socket_notsent_lowat: Option<SizeValue>,
     max_frame_size: Option<SizeValue>,
     max_line_size: Option<SizeValue>,
     max_channels_per_connection: Option<usize>,
@@ -326,6 +347,7 @@ impl Config {
         set!(ingest);
         set!(workers);
         set!(pin_workers);
+        set!(conflate_on_block);
         set!(demo_rate);
         set!(max_channels_per_connection);
         set!(max_channels);
@@ -336,6 +358,7 @@ impl Config {
         set!(outbound_budget, size_of);
         set!(max_frame_size, size_of);
         set!(socket_send_buffer, size_of);
+        set!(socket_notsent_lowat, size_of);
         set!(max_line_size, size_of);
         c.demo = cli.demo || file.demo.unwrap_or(false);
         c.validate()?;
@@ -374,6 +397,9 @@ impl Config {
         }
         if self.max_line_size < 64 || self.max_line_size > 64 << 20 {
             return bad("max_line_size", "must be 64 B to 64 MiB");
+        }
+        if self.socket_notsent_lowat > u32::MAX as usize {
+            return bad("socket_notsent_lowat", "must be below 4 GiB");
         }
         if self.max_channels_per_connection == 0 {
             return bad("max_channels_per_connection", "must be at least 1");

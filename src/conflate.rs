@@ -1,12 +1,14 @@
 //! A connection's outbound queue with per-channel conflation (sans-io).
 //!
-//! Frames queue in order while the queue holds less than the connection's
-//! budget. Past the budget the queue conflates: an update for a channel that
+//! Frames queue in order while the socket takes them and the queue holds less
+//! than the connection's budget. Once the socket would block, or past the
+//! budget, the queue conflates until it drains: an update for a channel that
 //! already has an update waiting replaces it in place, so a slow consumer gets
 //! the newest value of each channel, in the order the channels first became
 //! pending, and the queue grows by at most one frame per subscribed channel.
 //! The client sees the skipped updates as a jump in `seq`.
 
+use std::cell::OnceCell;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, IoSlice, Write};
@@ -19,16 +21,27 @@ use crate::channel::ChannelId;
 /// A frame as a worker holds it. Workers wrap each ring message in an `Rc`
 /// once, so a delivery is a non-atomic count bump on a core-local line
 /// instead of an atomic on a line shared with the other workers.
+///
+/// One `Frame` may hold several consecutive updates of one channel, packed
+/// back to back (see [`crate::coalesce`]): a subscriber then gets them with
+/// one iovec instead of one per update.
 #[derive(Debug)]
 pub struct Frame {
-    /// The complete WebSocket frame.
+    /// The complete WebSocket frame(s).
     pub bytes: Bytes,
     /// Its channel, or [`ChannelId::NONE`] for control frames.
     pub channel: ChannelId,
-    /// Sequence number within the channel (0 for control frames).
+    /// Sequence number of the newest update in `bytes` (0 for control frames).
     pub seq: u64,
-    /// When it was ingested (ns on the engine clock; 0 for control frames).
+    /// When the newest update was ingested (ns on the engine clock; 0 for
+    /// control frames).
     pub ingest_ns: u64,
+    /// Ingest times of the updates before the newest (empty unless coalesced).
+    earlier_ingest_ns: Box<[u64]>,
+    /// Where the newest update starts in `bytes`.
+    newest_offset: usize,
+    /// The newest update alone, made on first need (conflation).
+    newest: OnceCell<FrameRef>,
 }
 
 /// Shared handle to a frame.
@@ -37,12 +50,75 @@ pub type FrameRef = Rc<Frame>;
 impl Frame {
     /// A control frame (ack, error, ping, close): never conflated.
     pub fn control(bytes: Bytes) -> FrameRef {
+        Frame::update(bytes, ChannelId::NONE, 0, 0)
+    }
+
+    /// One update of a channel.
+    pub fn update(bytes: Bytes, channel: ChannelId, seq: u64, ingest_ns: u64) -> FrameRef {
         Rc::new(Frame {
             bytes,
-            channel: ChannelId::NONE,
-            seq: 0,
-            ingest_ns: 0,
+            channel,
+            seq,
+            ingest_ns,
+            earlier_ingest_ns: Box::default(),
+            newest_offset: 0,
+            newest: OnceCell::new(),
         })
+    }
+
+    /// Consecutive updates of one channel packed in `bytes`; the newest
+    /// starts at `newest_offset`, and `earlier_ingest_ns` holds the ingest
+    /// times of the others, oldest first.
+    pub fn coalesced(
+        bytes: Bytes,
+        channel: ChannelId,
+        seq: u64,
+        ingest_ns: u64,
+        earlier_ingest_ns: Box<[u64]>,
+        newest_offset: usize,
+    ) -> FrameRef {
+        debug_assert!(newest_offset < bytes.len());
+        debug_assert_eq!(earlier_ingest_ns.is_empty(), newest_offset == 0);
+        Rc::new(Frame {
+            bytes,
+            channel,
+            seq,
+            ingest_ns,
+            earlier_ingest_ns,
+            newest_offset,
+            newest: OnceCell::new(),
+        })
+    }
+
+    /// Updates in this frame (1 unless coalesced; also 1 for control frames).
+    #[inline]
+    pub fn count(&self) -> u64 {
+        self.earlier_ingest_ns.len() as u64 + 1
+    }
+
+    /// Calls `f` with the ingest time of each update in the frame, oldest first.
+    #[inline]
+    pub fn for_each_ingest_ns(&self, mut f: impl FnMut(u64)) {
+        for &t in &self.earlier_ingest_ns {
+            f(t);
+        }
+        f(self.ingest_ns);
+    }
+
+    /// The newest update alone: what a conflating queue keeps. The same `Rc`
+    /// unless coalesced; built once per coalesced frame, not per subscriber.
+    pub fn newest(this: &FrameRef) -> FrameRef {
+        if this.newest_offset == 0 {
+            return Rc::clone(this);
+        }
+        Rc::clone(this.newest.get_or_init(|| {
+            Frame::update(
+                this.bytes.slice(this.newest_offset..),
+                this.channel,
+                this.seq,
+                this.ingest_ns,
+            )
+        }))
     }
 }
 
@@ -104,7 +180,8 @@ pub struct OutQueue {
 }
 
 impl OutQueue {
-    /// Queues an update, conflating once `budget` bytes are waiting.
+    /// Queues an update, conflating once `budget` bytes are waiting or after
+    /// [`OutQueue::start_conflating`].
     #[inline]
     pub fn push_update(&mut self, frame: FrameRef, budget: usize) -> Pushed {
         debug_assert!(frame.channel != ChannelId::NONE);
@@ -116,6 +193,8 @@ impl OutQueue {
             }
             self.conflating = true;
         }
+        // Conflating: only the newest value of the channel matters.
+        let frame = Frame::newest(&frame);
         let channel = frame.channel;
         if let Some(&pos) = self.pending.get(&channel) {
             // A position before `removed` was written already; position
@@ -137,6 +216,12 @@ impl OutQueue {
         self.queue.push_back(frame);
         self.check_invariants();
         Pushed::Queued
+    }
+
+    /// Conflates from now on until the queue drains: the socket could not
+    /// take more, so the client is behind and only newest values matter.
+    pub fn start_conflating(&mut self) {
+        self.conflating = true;
     }
 
     /// Queues a control frame; these are never conflated or dropped.
@@ -315,12 +400,7 @@ mod tests {
     use super::*;
 
     fn upd(ch: u32, seq: u64, len: usize) -> FrameRef {
-        Rc::new(Frame {
-            bytes: Bytes::from(vec![b'x'; len]),
-            channel: ChannelId(ch),
-            seq,
-            ingest_ns: 0,
-        })
+        Frame::update(Bytes::from(vec![b'x'; len]), ChannelId(ch), seq, 0)
     }
 
     /// A writer that takes at most `room` bytes, then blocks.
@@ -422,12 +502,7 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|i| (seq as usize * 31 + i) as u8).collect();
             expect.extend_from_slice(&bytes);
             q.push_update(
-                Rc::new(Frame {
-                    bytes: Bytes::from(bytes),
-                    channel: ChannelId(0),
-                    seq,
-                    ingest_ns: 0,
-                }),
+                Frame::update(Bytes::from(bytes), ChannelId(0), seq, 0),
                 usize::MAX / 2,
             );
             if rng.below(4) == 0 {
@@ -507,6 +582,10 @@ mod tests {
                             }
                         })
                         .unwrap();
+                    if res == Flushed::Blocked {
+                        // What the worker does when the socket would block.
+                        q.start_conflating();
+                    }
                     if res == Flushed::Drained {
                         for c in 0..channels as usize {
                             assert_eq!(last_sent[c], next_seq[c] - 1, "newest value lost");

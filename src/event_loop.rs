@@ -21,6 +21,7 @@ use slab::Slab;
 
 use crate::channel::ChannelId;
 use crate::clock;
+use crate::coalesce::{self, Coalescer};
 use crate::config::Config;
 use crate::conflate::{Flushed, Frame, FrameRef, Pushed};
 use crate::conn::{self, ClientOp, Conn, Phase, Sub, Violation, WsEvent};
@@ -85,6 +86,7 @@ struct Ctx {
     index: Vec<Vec<u32>>,
     dirty: Vec<u32>,
     dead: Vec<u32>,
+    coalescer: Coalescer,
     read_retry: Vec<u32>,
     to_ingest: Producer<ToIngest>,
     control_backlog: VecDeque<ToIngest>,
@@ -147,6 +149,11 @@ impl Worker {
                 index: Vec::new(),
                 dirty: Vec::with_capacity(1024),
                 dead: Vec::new(),
+                // Small budgets (tests, slow links) must not see one batch
+                // pass the budget and conflate a client that keeps up.
+                coalescer: Coalescer::new(
+                    (p.config.outbound_budget / 8).min(coalesce::MAX_BATCH_BYTES),
+                ),
                 read_retry: Vec::new(),
                 to_ingest: p.to_ingest,
                 control_backlog: VecDeque::new(),
@@ -293,6 +300,12 @@ impl Worker {
                 let _ = socket2::SockRef::from(&stream)
                     .set_send_buffer_size(self.ctx.config.socket_send_buffer);
             }
+            if self.ctx.config.socket_notsent_lowat > 0 {
+                // Writes block once this much waits unsent in the kernel, so a
+                // lagging client's updates conflate in our queue instead.
+                let _ = socket2::SockRef::from(&stream)
+                    .set_tcp_notsent_lowat(self.ctx.config.socket_notsent_lowat as u32);
+            }
             let entry = self.conns.vacant_entry();
             let slot = entry.key();
             if self
@@ -414,7 +427,6 @@ impl Worker {
     }
 
     fn drain_ring(&mut self) {
-        let budget = self.ctx.config.outbound_budget;
         for _ in 0..RING_BATCH {
             let Ok(msg) = self.from_ingest.pop() else {
                 break;
@@ -426,46 +438,76 @@ impl Worker {
                     ingest_ns,
                     frame,
                 } => {
-                    let Some(subs) = self.ctx.index.get(channel.index()) else {
-                        continue;
-                    };
-                    if subs.is_empty() {
+                    if self
+                        .ctx
+                        .index
+                        .get(channel.index())
+                        .is_none_or(|subs| subs.is_empty())
+                    {
                         continue;
                     }
-                    // One Rc per message per worker; deliveries only bump it.
-                    let f = Rc::new(Frame {
-                        bytes: frame,
-                        channel,
-                        seq,
-                        ingest_ns,
-                    });
-                    let ctx = &mut self.ctx;
-                    for &slot in &ctx.index[channel.index()] {
-                        let conn = &mut self.conns[slot as usize];
-                        // A burst larger than the budget within one turn is not a
-                        // slow consumer: write first, conflate only if the socket
-                        // cannot take it.
-                        if conn.out.queued_bytes() + f.bytes.len() > budget && !conn.write_blocked {
-                            match write_out(conn, &mut ctx.counters, &mut ctx.latency, ctx.now_ms) {
-                                Ok(_) => {}
-                                Err(()) => {
-                                    // Closed after the loop; mark it so nothing more is queued.
-                                    conn.write_blocked = true;
-                                    ctx.dead.push(slot);
-                                }
-                            }
-                        }
-                        if conn.out.push_update(Rc::clone(&f), budget) == Pushed::Conflated {
-                            ctx.counters.conflated += 1;
-                        }
-                        mark_dirty(&mut ctx.dirty, conn, slot);
+                    if let Some(full) = self.ctx.coalescer.add(channel, seq, ingest_ns, frame) {
+                        self.fan_out(full);
                     }
                 }
-                ToWorker::Subscribed(reply) => self.subscribed(*reply),
+                ToWorker::Subscribed(reply) => {
+                    // Updates drained before the reply reach the old
+                    // subscribers first; the snapshot covers them.
+                    self.fan_out_coalesced();
+                    self.subscribed(*reply);
+                }
             }
         }
+        self.fan_out_coalesced();
         for slot in std::mem::take(&mut self.ctx.dead) {
             self.close(slot);
+        }
+    }
+
+    fn fan_out_coalesced(&mut self) {
+        if self.ctx.coalescer.is_empty() {
+            return;
+        }
+        let mut coalescer = std::mem::replace(&mut self.ctx.coalescer, Coalescer::new(0));
+        for f in coalescer.drain() {
+            self.fan_out(f);
+        }
+        self.ctx.coalescer = coalescer;
+    }
+
+    /// Queues a frame (one or more updates of a channel) for every subscriber
+    /// of its channel on this worker: an `Rc` bump each.
+    fn fan_out(&mut self, f: FrameRef) {
+        let budget = self.ctx.config.outbound_budget;
+        let ctx = &mut self.ctx;
+        let Some(subs) = ctx.index.get(f.channel.index()) else {
+            return;
+        };
+        for &slot in subs {
+            let conn = &mut self.conns[slot as usize];
+            // A burst larger than the budget within one turn is not a slow
+            // consumer: write first, conflate only if the socket cannot take it.
+            if conn.out.queued_bytes() + f.bytes.len() > budget && !conn.write_blocked {
+                let on_block = ctx.config.conflate_on_block;
+                match write_out(
+                    conn,
+                    &mut ctx.counters,
+                    &mut ctx.latency,
+                    ctx.now_ms,
+                    on_block,
+                ) {
+                    Ok(_) => {}
+                    Err(()) => {
+                        // Closed after the loop; mark it so nothing more is queued.
+                        conn.write_blocked = true;
+                        ctx.dead.push(slot);
+                    }
+                }
+            }
+            if conn.out.push_update(Rc::clone(&f), budget) == Pushed::Conflated {
+                ctx.counters.conflated += 1;
+            }
+            mark_dirty(&mut ctx.dirty, conn, slot);
         }
     }
 
@@ -502,12 +544,7 @@ impl Worker {
             index_entry(&mut self.ctx.index, id).push(slot);
             self.ctx.counters.subscriptions += 1;
             if let Some(s) = snapshot {
-                snapshots.push(Rc::new(Frame {
-                    bytes: s.frame,
-                    channel: id,
-                    seq: s.seq,
-                    ingest_ns: s.ingest_ns,
-                }));
+                snapshots.push(Frame::update(s.frame, id, s.seq, s.ingest_ns));
             }
         }
         if !refused.is_empty() {
@@ -558,6 +595,7 @@ impl Worker {
             &mut self.ctx.counters,
             &mut self.ctx.latency,
             self.ctx.now_ms,
+            self.ctx.config.conflate_on_block,
         ) {
             Ok(Flushed::Drained) if conn.phase == Phase::Closing => self.close(slot),
             Ok(_) => {}
@@ -682,14 +720,17 @@ fn write_out(
     counters: &mut WorkerCounters,
     latency: &mut Histogram<u64>,
     now_ms: u64,
+    conflate_on_block: bool,
 ) -> Result<Flushed, ()> {
     let now_ns = clock::now_ns();
     counters.flushes += 1;
     let result = conn.out.flush(&mut conn.stream, |f| {
         if f.channel != ChannelId::NONE {
-            counters.deliveries += 1;
-            let ns = now_ns.saturating_sub(f.ingest_ns).max(100);
-            let _ = latency.record(ns.min(60_000_000_000));
+            counters.deliveries += f.count();
+            f.for_each_ingest_ns(|t| {
+                let ns = now_ns.saturating_sub(t).max(100);
+                let _ = latency.record(ns.min(60_000_000_000));
+            });
         }
     });
     match result {
@@ -704,6 +745,11 @@ fn write_out(
         Ok((Flushed::Blocked, n)) => {
             counters.bytes_out += n as u64;
             conn.write_blocked = true;
+            if conflate_on_block {
+                // The client is not keeping up: from now on it gets the
+                // newest value of each channel, not a backlog.
+                conn.out.start_conflating();
+            }
             if n > 0 || conn.stalled_since_ms == 0 {
                 conn.stalled_since_ms = now_ms.max(1);
             }

@@ -23,6 +23,7 @@
 
 pub mod channel;
 pub mod clock;
+pub mod coalesce;
 pub mod config;
 pub mod conflate;
 pub mod conn;

@@ -92,8 +92,14 @@ fn unsubscribe_stops_delivery() {
 /// and no duplicate up to the last tick.
 #[test]
 fn snapshot_joins_live_stream_without_gap_or_duplicate_under_a_fast_feed() {
-    // A budget this large keeps conflation out of it: this is about the join.
-    let srv = Server::start(&["--outbound-budget", "256MiB"]);
+    // Conflation stays out of it (a large budget, no conflating on a blocked
+    // socket): this is about the join.
+    let srv = Server::start(&[
+        "--outbound-budget",
+        "256MiB",
+        "--conflate-on-block",
+        "false",
+    ]);
     let total: u64 = 150_000;
     let ingest = srv.ingest;
     let feeder = std::thread::spawn(move || {
@@ -440,6 +446,76 @@ fn slow_consumer_is_conflated_with_bounded_memory_and_fast_clients_unaffected() 
         frames < total,
         "slow client got every tick ({frames}): no conflation"
     );
+}
+
+/// Reads nothing while `total` ticks of one channel go by, then reads until
+/// the newest: returns how many updates it had to read to get there.
+fn frames_to_newest_after_a_stall(extra: &[&str], total: u64) -> u64 {
+    let mut args = vec!["--workers", "1", "--outbound-budget", "64KiB"];
+    args.extend_from_slice(extra);
+    let srv = Server::start(&args);
+    let mut lagging = RawWs::connect_with_rcvbuf(srv.listen, 4096);
+    lagging.send_frame(0x81, br#"{"op":"subscribe","channels":["Q"]}"#, true);
+    let (_, ack) = lagging.read_frame().unwrap();
+    assert!(String::from_utf8_lossy(&ack).contains("subscribed"));
+    let mut feed = Feed::connect(srv.ingest);
+    let mut batch = String::new();
+    for i in 1..=total {
+        batch.push_str(&tick("Q", i));
+        batch.push('\n');
+        if i % 500 == 0 {
+            feed.send_raw(batch.as_bytes());
+            batch.clear();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    feed.send_raw(batch.as_bytes());
+    srv.wait_metric(
+        "tickwire_ingest_messages_total",
+        |v| v >= total as f64,
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let (mut frames, mut last) = (0u64, 0u64);
+    while last < total {
+        let (op, p) = lagging.read_frame().expect("update");
+        if op != 1 {
+            continue;
+        }
+        let (_, seq) = update_of(&serde_json::from_slice(&p).unwrap());
+        assert!(seq > last, "went backwards: {last} -> {seq}");
+        last = seq;
+        frames += 1;
+    }
+    frames
+}
+
+/// A client that stalls is kept fresh: once its socket would block, the
+/// engine conflates (and the kernel holds only `socket_notsent_lowat` unsent),
+/// so it catches up within about its buffers' worth of updates, not the
+/// backlog that in-order queueing up to the budget plus a full kernel send
+/// buffer would leave it.
+#[test]
+fn stalled_client_catches_up_within_its_buffers_not_through_a_backlog() {
+    let total = 20_000;
+    let fresh = frames_to_newest_after_a_stall(&[], total);
+    let backlog = frames_to_newest_after_a_stall(
+        &[
+            "--conflate-on-block",
+            "false",
+            "--socket-notsent-lowat",
+            "0",
+        ],
+        total,
+    );
+    eprintln!("updates read to reach the newest: {fresh} conflating on block, {backlog} in order");
+    assert!(
+        fresh * 2 < backlog,
+        "conflating on block read {fresh} updates to the newest, in-order queueing {backlog}"
+    );
+    // rcvbuf (8 KiB) + ~16 KiB unsent + one write + the 64 KiB budget, at
+    // ~70 bytes an update.
+    assert!(fresh < 3_000, "{fresh} updates before the newest");
 }
 
 #[test]

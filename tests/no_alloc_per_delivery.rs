@@ -58,12 +58,7 @@ fn delivering_to_a_thousand_subscribers_allocates_once_per_frame() {
     let mut deliveries = 0u64;
     let mut round = |queues: &mut Vec<OutQueue>, frames: u64, seq0: u64| {
         for k in 0..frames {
-            let f = Rc::new(Frame {
-                bytes: Bytes::clone(&frame),
-                channel: ChannelId(0),
-                seq: seq0 + k,
-                ingest_ns: 0,
-            });
+            let f = Frame::update(Bytes::clone(&frame), ChannelId(0), seq0 + k, 0);
             for q in queues.iter_mut() {
                 q.push_update(Rc::clone(&f), 256 * 1024);
             }
