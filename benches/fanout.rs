@@ -2,6 +2,7 @@
 //! the way a worker does it (an `Rc` bump into each connection's queue, then
 //! one gathered write per connection), against a fake writer that accepts
 //! everything, so the syscall is mocked out and only the engine's work is timed.
+//! The last case adds per-turn coalescing, as the worker does it.
 
 use std::hint::black_box;
 use std::io::{self, IoSlice, Write};
@@ -10,6 +11,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tickwire::channel::ChannelId;
+use tickwire::coalesce::Coalescer;
 use tickwire::conflate::{Frame, OutQueue};
 
 /// Takes every byte of every iovec, like a socket with room.
@@ -66,6 +68,35 @@ fn bench(c: &mut Criterion) {
             },
         );
     }
+    // The worker's path: a turn's 8 updates of the channel packed into one
+    // buffer (`Coalescer`, once per turn), one `Rc` bump per subscriber.
+    g.throughput(Throughput::Elements((SUBSCRIBERS * 8) as u64));
+    g.bench_function("1000_subscribers_8_updates_coalesced", |b| {
+        let mut queues: Vec<OutQueue> = (0..SUBSCRIBERS).map(|_| OutQueue::default()).collect();
+        let mut coalescer = Coalescer::new(32 * 1024);
+        let mut sink = Sink(0);
+        let mut seq = 0;
+        b.iter(|| {
+            for _ in 0..8 {
+                seq += 1;
+                assert!(
+                    coalescer
+                        .add(ChannelId(0), seq, 0, Bytes::clone(&frame))
+                        .is_none()
+                );
+            }
+            for f in coalescer.drain() {
+                for q in queues.iter_mut() {
+                    q.push_update(Rc::clone(&f), 256 * 1024);
+                }
+            }
+            let mut delivered = 0u64;
+            for q in queues.iter_mut() {
+                q.flush(&mut sink, |f| delivered += f.count()).unwrap();
+            }
+            black_box(delivered)
+        })
+    });
     g.finish();
 }
 

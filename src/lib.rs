@@ -14,7 +14,7 @@
 //!                         ▼            ▼            ▼  (updates + subscribe replies, in order)
 //!                    worker 0      worker 1  …  worker N-1   (pinned, own mio Poll,
 //!                    conns 0..     conns ..      conns ..     SO_REUSEPORT listener)
-//!                         │ writev per connection per loop turn; conflation when over budget
+//!                         │ one write per connection per loop turn; conflation when behind
 //!                         ▼
 //!                  WebSocket clients (/ws), HTTP /metrics /healthz /
 //! ```
