@@ -35,6 +35,18 @@ struct Batch {
 }
 
 impl Batch {
+    fn new(channel: ChannelId, seq: u64, ingest_ns: u64, bytes: Bytes) -> Self {
+        Batch {
+            channel,
+            single: Some(bytes),
+            packed: BytesMut::new(),
+            seq,
+            ingest_ns,
+            earlier_ingest_ns: Vec::new(),
+            newest_offset: 0,
+        }
+    }
+
     fn len(&self) -> usize {
         self.single.as_ref().map_or(self.packed.len(), Bytes::len)
     }
@@ -93,33 +105,14 @@ impl Coalescer {
         let at = self.position[i];
         if at == u32::MAX {
             self.position[i] = self.open.len() as u32;
-            self.open.push(Batch {
-                channel,
-                single: Some(bytes),
-                packed: BytesMut::new(),
-                seq,
-                ingest_ns,
-                earlier_ingest_ns: Vec::new(),
-                newest_offset: 0,
-            });
+            self.open.push(Batch::new(channel, seq, ingest_ns, bytes));
             return None;
         }
         let b = &mut self.open[at as usize];
         debug_assert!(b.seq < seq, "updates of a channel arrive in seq order");
         if b.len() + bytes.len() > self.max_batch_bytes {
             // Hand out what we have; this update starts the next batch.
-            let full = mem::replace(
-                b,
-                Batch {
-                    channel,
-                    single: Some(bytes),
-                    packed: BytesMut::new(),
-                    seq,
-                    ingest_ns,
-                    earlier_ingest_ns: Vec::new(),
-                    newest_offset: 0,
-                },
-            );
+            let full = mem::replace(b, Batch::new(channel, seq, ingest_ns, bytes));
             return Some(full.finish());
         }
         if let Some(first) = b.single.take() {
