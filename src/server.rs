@@ -135,8 +135,9 @@ impl Engine {
             max_channels: config.max_channels,
         })?;
 
-        let cores = if config.pin_workers {
-            core_affinity::get_core_ids().unwrap_or_default()
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let cores = if config.pin_workers.pins(n, cores.len()) {
+            cores
         } else {
             Vec::new()
         };
