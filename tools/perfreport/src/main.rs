@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-const ENGINE_ORDER: [&str; 4] = ["tickwire", "baseline", "ws", "nats"];
+const ENGINE_ORDER: [&str; 5] = ["tickwire", "tickwire-1w", "baseline", "ws", "nats"];
 
 fn main() -> Result<()> {
     let mut input: Option<PathBuf> = None;

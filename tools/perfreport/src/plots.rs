@@ -15,6 +15,7 @@ const SIZE: (u32, u32) = (900, 540);
 fn color(engine: &str) -> RGBColor {
     match engine {
         "tickwire" => RGBColor(214, 39, 40),
+        "tickwire-1w" => RGBColor(255, 127, 14),
         "baseline" => RGBColor(60, 60, 60),
         "ws" => RGBColor(31, 119, 180),
         "nats" => RGBColor(44, 160, 44),
