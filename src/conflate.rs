@@ -525,7 +525,8 @@ mod tests {
         assert_eq!(q.len(), 3);
     }
 
-    /// Seeded simulation: random pushes, random socket room, random flushes.
+    /// Seeded simulation: random pushes (single and coalesced updates), random
+    /// socket room, random flushes, conflation when a flush would block.
     /// After every step: per channel, delivered seqs strictly increase and the
     /// last delivered is the newest pushed once drained; the queue never holds
     /// more than budget + one frame per channel + control frames; byte
@@ -559,11 +560,25 @@ mod tests {
         };
         for _ in 0..steps {
             match rng.below(10) {
-                0..=5 => {
+                0..=3 => {
                     let ch = rng.below(channels as u64) as u32;
                     let seq = next_seq[ch as usize];
                     next_seq[ch as usize] += 1;
                     q.push_update(upd(ch, seq, frame_len), budget);
+                }
+                4..=5 => {
+                    // A worker turn's updates of one channel, coalesced.
+                    let ch = rng.below(channels as u64) as u32;
+                    let mut c = crate::coalesce::Coalescer::new(usize::MAX);
+                    for _ in 0..1 + rng.below(5) {
+                        let seq = next_seq[ch as usize];
+                        next_seq[ch as usize] += 1;
+                        let bytes = Bytes::from(vec![b'x'; frame_len]);
+                        assert!(c.add(ChannelId(ch), seq, 0, bytes).is_none());
+                    }
+                    for f in c.drain() {
+                        q.push_update(f, budget);
+                    }
                 }
                 6 => {
                     q.push_control(Frame::control(Bytes::from_static(b"ctl")));
@@ -577,7 +592,8 @@ mod tests {
                                 controls_pending -= 1;
                             } else {
                                 let c = f.channel.0 as usize;
-                                assert!(f.seq > last_sent[c], "channel {c} went backwards");
+                                let oldest = f.seq + 1 - f.count();
+                                assert!(oldest > last_sent[c], "channel {c} went backwards");
                                 last_sent[c] = f.seq;
                             }
                         })
