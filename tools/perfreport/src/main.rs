@@ -218,6 +218,7 @@ fn render_markdown(run: &Value, input: &Path, plots: &str, figs: &[String]) -> S
         let rs = results_for(run, s);
         match s {
             "S2" => table_s2(&mut md, &rs),
+            "S7" => table_s7(&mut md, &rs),
             "S5" => table_s5(&mut md, &rs),
             _ => table_fanout(&mut md, &rs, s == "S4"),
         }
@@ -236,7 +237,7 @@ fn render_markdown(run: &Value, input: &Path, plots: &str, figs: &[String]) -> S
     }
     let _ = writeln!(
         md,
-        "---\nRegenerate with `perf/run` (full matrix, ~15 min) or `perf/run --quick`; \
+        "---\nRegenerate with `perf/run` (full matrix, ~25 min) or `perf/run --quick`; \
          see perf/README.md."
     );
     md
@@ -343,6 +344,16 @@ fn describe(s: &str, p: &Value) -> String {
             "{n} idle subscribed connections, no ticks. RSS per connection = (RSS with the \
              connections − RSS with none) / connections."
         ),
+        "S7" => format!(
+            "Connections stepped up ({}) at a constant offered load of {} deliveries/s on one \
+             channel (ticks/s = offered / connections), {d} s each: what the connection count \
+             costs in delivery, latency and CPU per delivery. Every step is shown.",
+            p["connections_steps"]
+                .as_array()
+                .map(|a| a.iter().map(fmt_int).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default(),
+            fmt_rate(f(&p["offered"]))
+        ),
         "S6" => format!(
             "{n} connections on one channel at {} ticks/s: does everything connect and stay \
              connected?",
@@ -440,6 +451,54 @@ fn table_fanout(md: &mut String, rs: &[&Value], slow: bool) {
 fn best_step(r: &Value) -> Option<&Value> {
     let i = r["best_step"].as_u64()? as usize;
     r["steps"].get(i)
+}
+
+fn table_s7(md: &mut String, rs: &[&Value]) {
+    let base: Vec<&Value> = rs
+        .iter()
+        .find(|r| r["engine"] == "baseline")
+        .and_then(|r| r["steps"].as_array())
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let _ = writeln!(
+        md,
+        "| engine | connections | ticks/s | delivered/s | % offered | p50 | p99 | p99 vs \
+         baseline | max | gaps | CPU µs/deliv. | vs baseline | server CPU | RSS | loadgen CPU |"
+    );
+    let _ = writeln!(
+        md,
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    );
+    for r in rs {
+        for s in r["steps"].as_array().into_iter().flatten() {
+            let b = base.iter().find(|b| b["connections"] == s["connections"]);
+            let cpu = f(&s["server"]["cpu_us_per_delivery"]);
+            let d = f(&s["delivered_per_sec"]);
+            let pct = d
+                .zip(f(&s["offered_deliveries_per_sec"]))
+                .map_or("–".into(), |(d, o)| format!("{:.1}%", 100.0 * d / o));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {pct} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                engine_cell(r),
+                fmt_int(&s["connections"]),
+                fmt_int(&s["rate"]),
+                fmt_rate(d),
+                fmt_us(lat(s, "p50")),
+                fmt_us(lat(s, "p99")),
+                ratio(lat(s, "p99"), b.and_then(|b| lat(b, "p99"))),
+                fmt_us(lat(s, "max")),
+                fmt_int(&s["loadgen"]["gaps"]),
+                fmt_num(cpu, 3),
+                ratio(cpu, b.and_then(|b| f(&b["server"]["cpu_us_per_delivery"]))),
+                f(&s["server"]["cpu_percent"]).map_or("–".into(), |x| format!("{x:.0}%")),
+                f(&s["server"]["rss_kib"])
+                    .map_or("–".into(), |x| format!("{:.0} MiB", x / 1024.0)),
+                f(&s["loadgen"]["loadgen_cpu_percent"])
+                    .map_or("–".into(), |x| format!("{x:.0}%")),
+            );
+        }
+    }
 }
 
 fn table_s2(md: &mut String, rs: &[&Value]) {

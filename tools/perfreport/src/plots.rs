@@ -33,11 +33,12 @@ pub fn render_all(run: &Value, dir: &Path) -> Result<Vec<String>> {
             out.push(name);
         }
     }
-    if s2(run, dir, false)? {
-        out.push("s2_deliveries.svg".into());
-    }
-    if s2(run, dir, true)? {
-        out.push("s2_cpu.svg".into());
+    for scen in ["S2", "S7"] {
+        for cpu in [false, true] {
+            if let Some(name) = steps_plot(run, dir, scen, cpu)? {
+                out.push(name);
+            }
+        }
     }
     if s5(run, &dir.join("s5_rss.svg"))? {
         out.push("s5_rss.svg".into());
@@ -146,15 +147,23 @@ fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
 }
 
 /// Deliveries/s (or CPU µs per delivery) against offered deliveries/s over the S2 steps.
-fn s2(run: &Value, dir: &Path, cpu: bool) -> Result<bool> {
+/// Delivered/s or CPU per delivery over a stepped scenario's steps: against
+/// offered load for S2 (tick rate steps), against connections for S7
+/// (connection steps at constant offered load). Returns the file written.
+fn steps_plot(run: &Value, dir: &Path, scen: &str, cpu: bool) -> Result<Option<String>> {
+    let by_connections = scen == "S7";
     let mut series = Vec::new();
-    for r in results_for(run, "S2") {
+    for r in results_for(run, scen) {
         let pts: Vec<(f64, f64)> = r["steps"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(|s| {
-                let x = f(&s["offered_deliveries_per_sec"])?;
+                let x = if by_connections {
+                    f(&s["connections"])?
+                } else {
+                    f(&s["offered_deliveries_per_sec"])?
+                };
                 let y = if cpu {
                     f(&s["server"]["cpu_us_per_delivery"])?
                 } else {
@@ -168,21 +177,26 @@ fn s2(run: &Value, dir: &Path, cpu: bool) -> Result<bool> {
         }
     }
     if series.is_empty() {
-        return Ok(false);
+        return Ok(None);
     }
-    let name = if cpu {
-        "s2_cpu.svg"
-    } else {
-        "s2_deliveries.svg"
-    };
-    let path = dir.join(name);
+    let name = format!(
+        "{}_{}.svg",
+        scen.to_lowercase(),
+        if cpu { "cpu" } else { "deliveries" }
+    );
+    let path = dir.join(&name);
+    let offered = f(&run["params"][scen]["offered"]);
     let all = series.iter().flat_map(|(_, p)| p.iter());
     let xmin = all.clone().map(|p| p.0).fold(f64::MAX, f64::min) / 1.3;
     let xmax = all.clone().map(|p| p.0).fold(0.0, f64::max) * 1.3;
-    let ylo = all.clone().map(|p| p.1).fold(f64::MAX, f64::min) / 1.5;
-    let yhi = all.map(|p| p.1).fold(0.0, f64::max) * 1.5;
+    let mut ylo = all.clone().map(|p| p.1).fold(f64::MAX, f64::min) / 1.5;
+    let mut yhi = all.map(|p| p.1).fold(0.0, f64::max) * 1.5;
+    if let (Some(o), false) = (offered, cpu) {
+        ylo = ylo.min(o / 1.5);
+        yhi = yhi.max(o * 1.5);
+    }
     // Delivered vs offered shares one scale on both axes so the diagonal means 100%.
-    let (xmin, xmax, ymin, ymax) = if cpu {
+    let (xmin, xmax, ymin, ymax) = if cpu || by_connections {
         (xmin, xmax, ylo, yhi)
     } else {
         let (lo, hi) = (xmin.min(ylo), xmax.max(yhi));
@@ -190,10 +204,11 @@ fn s2(run: &Value, dir: &Path, cpu: bool) -> Result<bool> {
     };
     let root = SVGBackend::new(&path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let caption = if cpu {
-        "S2: server CPU per delivery vs offered load"
-    } else {
-        "S2: delivered vs offered deliveries per second"
+    let caption = match (by_connections, cpu) {
+        (false, true) => "S2: server CPU per delivery vs offered load",
+        (false, false) => "S2: delivered vs offered deliveries per second",
+        (true, true) => "S7: server CPU per delivery vs connections (constant offered load)",
+        (true, false) => "S7: delivered per second vs connections (constant offered load)",
     };
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, ("sans-serif", 20))
@@ -208,7 +223,11 @@ fn s2(run: &Value, dir: &Path, cpu: bool) -> Result<bool> {
         .x_labels(6)
         .y_labels(8)
         .light_line_style(TRANSPARENT)
-        .x_desc("offered deliveries/s (ticks/s × connections)")
+        .x_desc(if by_connections {
+            "connections (ticks/s = offered / connections)"
+        } else {
+            "offered deliveries/s (ticks/s × connections)"
+        })
         .y_desc(if cpu {
             "server CPU µs per delivery"
         } else {
@@ -220,9 +239,13 @@ fn s2(run: &Value, dir: &Path, cpu: bool) -> Result<bool> {
         .map_err(err)?;
     if !cpu {
         // The ideal: everything offered is delivered.
+        let ideal = match (by_connections, offered) {
+            (true, Some(o)) => vec![(xmin, o), (xmax, o)],
+            _ => vec![(xmin, xmin), (xmax, xmax)],
+        };
         chart
             .draw_series(DashedLineSeries::new(
-                vec![(xmin, xmin), (xmax, xmax)],
+                ideal,
                 6,
                 4,
                 RGBColor(170, 170, 170).stroke_width(1),
@@ -242,14 +265,14 @@ fn s2(run: &Value, dir: &Path, cpu: bool) -> Result<bool> {
             .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled())))
             .map_err(err)?;
     }
-    let pos = if cpu {
+    let pos = if cpu || by_connections {
         SeriesLabelPosition::UpperRight
     } else {
         SeriesLabelPosition::UpperLeft
     };
     legend(&mut chart, pos)?;
     root.present().map_err(err)?;
-    Ok(true)
+    Ok(Some(name))
 }
 
 fn si(v: f64) -> String {
