@@ -42,7 +42,14 @@ fn main() -> Result<()> {
     fs::create_dir_all(&plots_dir)?;
     let rel_plots = relative_to(&plots_dir, out.parent().unwrap_or(Path::new(".")));
     let figs = plots::render_all(&run, &plots_dir)?;
-    let md = render_markdown(&run, &input, &rel_plots, &figs);
+    let previous = previous_run(&input, &run);
+    let md = render_markdown(
+        &run,
+        &input,
+        previous.as_ref().map(|(v, n)| (v, n.as_str())),
+        &rel_plots,
+        &figs,
+    );
     fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
     eprintln!(
         "perfreport: wrote {} and {} plot(s) in {}",
@@ -146,7 +153,13 @@ fn engine_cell(r: &Value) -> String {
     }
 }
 
-fn render_markdown(run: &Value, input: &Path, plots: &str, figs: &[String]) -> String {
+fn render_markdown(
+    run: &Value,
+    input: &Path,
+    previous: Option<(&Value, &str)>,
+    plots: &str,
+    figs: &[String],
+) -> String {
     let mut md = String::new();
     let m = &run["machine"];
     let date = run["date"].as_str().unwrap_or("?");
@@ -205,6 +218,9 @@ fn render_markdown(run: &Value, input: &Path, plots: &str, figs: &[String]) -> S
     );
 
     summary(&mut md, run);
+    if let Some((prev, name)) = previous {
+        since_previous(&mut md, run, prev, name);
+    }
     let params = &run["params"];
     for scen in run["scenarios"].as_array().into_iter().flatten() {
         let Some(s) = scen.as_str() else { continue };
@@ -244,64 +260,132 @@ fn render_markdown(run: &Value, input: &Path, plots: &str, figs: &[String]) -> S
 }
 
 /// One line per engine with the headline figure of each scenario.
-fn summary(md: &mut String, run: &Value) {
+/// Summary columns: scenario and heading.
+const SUMMARY_COLUMNS: [(&str, &str); 6] = [
+    ("S1", "S1 p99 / CPU µs per deliv."),
+    ("S2", "S2 max sustained delivered/s"),
+    ("S3", "S3 delivered/s"),
+    ("S4", "S4 fast-client p99"),
+    ("S5", "S5 KiB per idle conn."),
+    ("S6", "S6 connected / p99"),
+];
+
+/// The scenarios of `run` that the summary shows, as (scenario, heading).
+fn summary_columns(run: &Value) -> Vec<(&'static str, &'static str)> {
     let scen: Vec<&str> = run["scenarios"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    let has = |s: &str| scen.contains(&s);
+    SUMMARY_COLUMNS
+        .iter()
+        .copied()
+        .filter(|c| scen.contains(&c.0))
+        .collect()
+}
+
+/// One engine's headline figure for one scenario.
+fn summary_cell(run: &Value, engine: &str, scen: &str) -> String {
+    let r = results_for(run, scen)
+        .into_iter()
+        .find(|r| r["engine"] == engine && r["status"] == "ok");
+    match (scen, r) {
+        (_, None) => "–".to_string(),
+        ("S1", Some(r)) => format!(
+            "{} / {}",
+            fmt_us(lat(r, "p99")),
+            fmt_num(f(&r["server"]["cpu_us_per_delivery"]), 2)
+        ),
+        ("S2", Some(r)) => match best_step(r) {
+            Some(b) => format!(
+                "{} (p99 {})",
+                fmt_rate(f(&b["delivered_per_sec"])),
+                fmt_us(lat(b, "p99"))
+            ),
+            None => "none sustained".into(),
+        },
+        ("S3", Some(r)) => fmt_rate(f(&r["delivered_per_sec"])),
+        ("S4", Some(r)) => fmt_us(lat(r, "p99")),
+        ("S5", Some(r)) => fmt_num(f(&r["rss_kib_per_connection"]), 2),
+        ("S6", Some(r)) => format!(
+            "{} / {}",
+            fmt_int(&r["loadgen"]["connected"]),
+            fmt_us(lat(r, "p99"))
+        ),
+        _ => "–".into(),
+    }
+}
+
+fn summary(md: &mut String, run: &Value) {
+    let cols = summary_columns(run);
     let mut head = vec!["engine"];
-    let cols: [(&str, &str); 6] = [
-        ("S1", "S1 p99 / CPU µs per deliv."),
-        ("S2", "S2 max sustained delivered/s"),
-        ("S3", "S3 delivered/s"),
-        ("S4", "S4 fast-client p99"),
-        ("S5", "S5 KiB per idle conn."),
-        ("S6", "S6 connected / p99"),
-    ];
-    head.extend(cols.iter().filter(|c| has(c.0)).map(|c| c.1));
+    head.extend(cols.iter().map(|c| c.1));
     let _ = writeln!(md, "## Summary\n\n| {} |", head.join(" | "));
     let _ = writeln!(md, "|---|{}", "--:|".repeat(head.len() - 1));
     for e in run["engines"].as_array().into_iter().flatten() {
         let Some(e) = e.as_str() else { continue };
-        let find = |s: &str| {
-            results_for(run, s)
-                .into_iter()
-                .find(|r| r["engine"] == e && r["status"] == "ok")
-        };
         let mut row = vec![format!("**{e}**")];
-        for (s, _) in cols.iter().filter(|c| has(c.0)) {
-            let r = find(s);
-            let cell = match (*s, r) {
-                (_, None) => "–".to_string(),
-                ("S1", Some(r)) => format!(
-                    "{} / {}",
-                    fmt_us(lat(r, "p99")),
-                    fmt_num(f(&r["server"]["cpu_us_per_delivery"]), 2)
-                ),
-                ("S2", Some(r)) => match best_step(r) {
-                    Some(b) => format!(
-                        "{} (p99 {})",
-                        fmt_rate(f(&b["delivered_per_sec"])),
-                        fmt_us(lat(b, "p99"))
-                    ),
-                    None => "none sustained".into(),
-                },
-                ("S3", Some(r)) => fmt_rate(f(&r["delivered_per_sec"])),
-                ("S4", Some(r)) => fmt_us(lat(r, "p99")),
-                ("S5", Some(r)) => fmt_num(f(&r["rss_kib_per_connection"]), 2),
-                ("S6", Some(r)) => format!(
-                    "{} / {}",
-                    fmt_int(&r["loadgen"]["connected"]),
-                    fmt_us(lat(r, "p99"))
-                ),
-                _ => "–".into(),
-            };
-            row.push(cell);
-        }
+        row.extend(cols.iter().map(|(s, _)| summary_cell(run, e, s)));
         let _ = writeln!(md, "| {} |", row.join(" | "));
     }
     md.push('\n');
+}
+
+/// The same headline figures for tickwire and the baseline in the previous
+/// full run, beside this one's, so a change can be judged at a glance (each
+/// run against its own baseline: machines and load differ between runs).
+fn since_previous(md: &mut String, run: &Value, prev: &Value, prev_file: &str) {
+    let cols = summary_columns(run);
+    let mut head = vec!["engine", "run"];
+    head.extend(cols.iter().map(|c| c.1));
+    let _ = writeln!(
+        md,
+        "## Since the previous run\n\nThe summary's figures beside those of `{prev_file}` \
+         (revision {}, {}). Compare each engine with the baseline of its own run.\n",
+        prev["git_rev"].as_str().unwrap_or("?"),
+        prev["date"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(md, "| {} |", head.join(" | "));
+    let _ = writeln!(md, "|---|---|{}", "--:|".repeat(head.len() - 2));
+    for e in ["tickwire", "baseline"] {
+        for (label, r) in [("previous", prev), ("this run", run)] {
+            let mut row = vec![format!("**{e}**"), label.to_string()];
+            row.extend(cols.iter().map(|(s, _)| summary_cell(r, e, s)));
+            let _ = writeln!(md, "| {} |", row.join(" | "));
+        }
+    }
+    md.push('\n');
+}
+
+/// The newest full (not `--quick`) run in `input`'s folder from before `run`
+/// that measured tickwire.
+fn previous_run(input: &Path, run: &Value) -> Option<(Value, String)> {
+    let date = run["date"].as_str()?;
+    let dir = input.parent()?;
+    let mut best: Option<(String, Value, String)> = None;
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|x| x != "json") || path == input {
+            continue;
+        }
+        let Some(doc) = fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        else {
+            continue;
+        };
+        let d = doc["date"].as_str().unwrap_or("").to_string();
+        let has_tickwire = doc["results"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r["engine"] == "tickwire"));
+        if d.as_str() >= date || doc["quick"] == true || !has_tickwire {
+            continue;
+        }
+        if best.as_ref().is_none_or(|(bd, _, _)| d > *bd) {
+            let name = path.file_name()?.to_string_lossy().to_string();
+            best = Some((d, doc, name));
+        }
+    }
+    best.map(|(_, doc, name)| (doc, name))
 }
 
 fn describe(s: &str, p: &Value) -> String {
@@ -649,10 +733,50 @@ mod tests {
                 ]}"#,
         )
         .unwrap();
-        let md = render_markdown(&run, Path::new("x.json"), "plots", &[]);
+        let md = render_markdown(&run, Path::new("x.json"), None, "plots", &[]);
         assert!(md.contains("## S1"));
         assert!(md.contains("| **tickwire** | 25 | 50.0% | 0.50× |"));
         assert!(md.contains("0.50×"));
         assert!(md.contains("## Summary"));
+        assert!(!md.contains("## Since the previous run"));
+
+        // Beside an older run: its figures and this run's, labelled.
+        let mut prev = run.clone();
+        prev["git_rev"] = "old".into();
+        prev["results"][1]["loadgen"]["latency_us"]["p99"] = 3600.0.into();
+        let md = render_markdown(
+            &run,
+            Path::new("x.json"),
+            Some((&prev, "prev.json")),
+            "plots",
+            &[],
+        );
+        assert!(md.contains("## Since the previous run"));
+        assert!(md.contains("`prev.json` (revision old"));
+        assert!(
+            md.contains("| **tickwire** | previous | 3.60 ms / 1.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| **tickwire** | this run | 1.80 ms / 1.00 |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn previous_run_is_the_newest_older_full_run() {
+        let dir = std::env::temp_dir().join(format!("perfreport-prev-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let doc = |date: &str, quick: bool| {
+            format!(r#"{{"date":"{date}","quick":{quick},"results":[{{"engine":"tickwire"}}]}}"#)
+        };
+        fs::write(dir.join("a.json"), doc("2026-01-01T00:00:00+00:00", false)).unwrap();
+        fs::write(dir.join("b.json"), doc("2026-01-02T00:00:00+00:00", false)).unwrap();
+        fs::write(dir.join("c.json"), doc("2026-01-03T00:00:00+00:00", true)).unwrap();
+        fs::write(dir.join("d.json"), doc("2026-01-04T00:00:00+00:00", false)).unwrap();
+        let run: Value = serde_json::from_str(&doc("2026-01-04T00:00:00+00:00", false)).unwrap();
+        let (_, name) = previous_run(&dir.join("d.json"), &run).unwrap();
+        assert_eq!(name, "b.json");
+        fs::remove_dir_all(dir).ok();
     }
 }
