@@ -18,9 +18,10 @@ use bytes::Bytes;
 
 use crate::channel::ChannelId;
 
-/// A frame as a worker holds it. Workers wrap each ring message in an `Rc`
-/// once, so a delivery is a non-atomic count bump on a core-local line
-/// instead of an atomic on a line shared with the other workers.
+/// A frame as a worker holds it. Workers wrap each turn's updates of a
+/// channel in one `Rc`, so a delivery is a non-atomic count bump on a
+/// core-local line instead of an atomic on a line shared with the other
+/// workers.
 ///
 /// One `Frame` may hold several consecutive updates of one channel, packed
 /// back to back (see [`crate::coalesce`]): a subscriber then gets them with
@@ -55,20 +56,12 @@ impl Frame {
 
     /// One update of a channel.
     pub fn update(bytes: Bytes, channel: ChannelId, seq: u64, ingest_ns: u64) -> FrameRef {
-        Rc::new(Frame {
-            bytes,
-            channel,
-            seq,
-            ingest_ns,
-            earlier_ingest_ns: Box::default(),
-            newest_offset: 0,
-            newest: OnceCell::new(),
-        })
+        Frame::coalesced(bytes, channel, seq, ingest_ns, Box::default(), 0)
     }
 
     /// Consecutive updates of one channel packed in `bytes`; the newest
     /// starts at `newest_offset`, and `earlier_ingest_ns` holds the ingest
-    /// times of the others, oldest first.
+    /// times of the others, oldest first (empty and 0 for a single update).
     pub fn coalesced(
         bytes: Bytes,
         channel: ChannelId,
@@ -77,7 +70,7 @@ impl Frame {
         earlier_ingest_ns: Box<[u64]>,
         newest_offset: usize,
     ) -> FrameRef {
-        debug_assert!(newest_offset < bytes.len());
+        debug_assert!(newest_offset == 0 || newest_offset < bytes.len());
         debug_assert_eq!(earlier_ingest_ns.is_empty(), newest_offset == 0);
         Rc::new(Frame {
             bytes,
