@@ -291,8 +291,10 @@ fn nats_protocol_over_websocket() {
         "2",
         "--channels",
         "S0000",
+        // Long enough for both connections' exchanges on a loaded CI machine
+        // (once seen to miss one connection's messages with 1 s).
         "--duration",
-        "1",
+        "3",
         "--warmup",
         "0",
         "--json",
