@@ -52,17 +52,25 @@ impl Batch {
     }
 
     fn finish(self) -> FrameRef {
-        match self.single {
-            Some(bytes) => Frame::update(bytes, self.channel, self.seq, self.ingest_ns),
-            None => Frame::coalesced(
-                self.packed.freeze(),
-                self.channel,
-                self.seq,
-                self.ingest_ns,
-                self.earlier_ingest_ns.into_boxed_slice(),
-                self.newest_offset,
-            ),
-        }
+        // A single update travels uncopied; its earlier times are empty and
+        // its offset 0, which is what `Frame::coalesced` expects for one.
+        let Batch {
+            channel,
+            single,
+            packed,
+            seq,
+            ingest_ns,
+            earlier_ingest_ns,
+            newest_offset,
+        } = self;
+        Frame::coalesced(
+            single.unwrap_or_else(|| packed.freeze()),
+            channel,
+            seq,
+            ingest_ns,
+            earlier_ingest_ns.into_boxed_slice(),
+            newest_offset,
+        )
     }
 }
 
