@@ -71,6 +71,8 @@ pub struct Config {
     /// Conflate as soon as a client's socket would block (else only past
     /// the budget).
     pub conflate_on_block: bool,
+    /// Space write passes while the workers' cores are contended.
+    pub pace_when_contended: bool,
     /// SO_SNDBUF per client socket; 0 leaves the kernel's autotuning.
     pub socket_send_buffer: usize,
     /// TCP_NOTSENT_LOWAT per client socket; 0 leaves the kernel's default.
@@ -101,6 +103,7 @@ impl Default for Config {
             slow_consumer_timeout: DEFAULT_SLOW_CONSUMER_TIMEOUT,
             outbound_budget: DEFAULT_OUTBOUND_BUDGET,
             conflate_on_block: true,
+            pace_when_contended: true,
             socket_send_buffer: DEFAULT_SOCKET_SEND_BUFFER,
             socket_notsent_lowat: DEFAULT_SOCKET_NOTSENT_LOWAT,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
@@ -171,6 +174,9 @@ pub struct Cli {
     /// Conflate a client's updates as soon as its socket would block (true: freshest data for lagging clients) or only once outbound_budget is queued (false: in-order backlog up to the budget) [default: true]
     #[arg(long, value_name = "BOOL")]
     pub conflate_on_block: Option<bool>,
+    /// While other threads wait for the workers' cores, space each worker's write passes so that together they take about one core's worth (bigger batches, fewer syscalls); false writes as soon as updates arrive [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub pace_when_contended: Option<bool>,
     /// Run the built-in synthetic feed (about 50 symbols) and serve a quote page at /
     #[arg(long)]
     pub demo: bool,
@@ -221,6 +227,7 @@ struct FileConfig {
     workers: Option<usize>,
     pin_workers: Option<PinningValue>,
     conflate_on_block: Option<bool>,
+    pace_when_contended: Option<bool>,
     demo: Option<bool>,
     demo_rate: Option<u32>,
     ping_interval: Option<DurationValue>,
@@ -414,6 +421,7 @@ impl Config {
         set!(workers);
         set!(pin_workers, pinning_of);
         set!(conflate_on_block);
+        set!(pace_when_contended);
         set!(demo_rate);
         set!(max_channels_per_connection);
         set!(max_channels);

@@ -28,6 +28,7 @@ use crate::conn::{self, ClientOp, Conn, Phase, Sub, Violation, WsEvent};
 use crate::frame::{self, CloseCode};
 use crate::http::{self, Request, Response};
 use crate::metrics::{self, Metrics, WorkerCounters};
+use crate::pacing::{Pacer, SchedStat};
 use crate::ring::{ConnKey, Doorbell, SubscribeReply, ToIngest, ToWorker};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -173,6 +174,10 @@ impl Worker {
         })
     }
 
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -184,11 +189,32 @@ impl Worker {
         let mut next_housekeeping = 0u64;
         let mut next_merge = 0u64;
         let mut drain_deadline: Option<u64> = None;
+        // Opened here: thread-self is the worker's own thread.
+        let sched = SchedStat::open();
+        let mut pacer = Pacer::new(
+            self.ctx.config.workers,
+            self.ctx.config.pace_when_contended && sched.is_some(),
+        );
         loop {
             self.ctx.counters.loop_turns += 1;
+            let now_ns = self.now_ns();
+            if pacer.sample_due(now_ns)
+                && let Some((cpu, wait)) = sched.as_ref().and_then(SchedStat::read)
+            {
+                pacer.sample(now_ns, cpu, wait);
+            }
+            let hold = if drain_deadline.is_some() {
+                0
+            } else {
+                pacer.wait_ns(now_ns)
+            };
             let busy = !self.ctx.read_retry.is_empty() || !self.ctx.control_backlog.is_empty();
             let timeout = if busy {
                 Duration::ZERO
+            } else if hold > 0 {
+                // Not announced as asleep: the ingest thread need not ring,
+                // the pass starts when the hold ends.
+                Duration::from_nanos(hold)
             } else {
                 self.bell.prepare_sleep();
                 if self.from_ingest.is_empty() {
@@ -234,8 +260,16 @@ impl Worker {
                     self.read(slot);
                 }
             }
-            self.drain_ring();
-            self.flush_dirty();
+            if hold == 0 || pacer.wait_ns(self.now_ns()) == 0 {
+                self.drain_ring();
+                if self.flush_dirty() > 0 {
+                    let held = pacer.pass_done(self.now_ns());
+                    if held > 0 {
+                        self.ctx.counters.paced_passes += 1;
+                        self.ctx.counters.paced_wait_ns += held;
+                    }
+                }
+            }
             self.send_control_backlog();
             if self.ctx.now_ms >= next_housekeeping {
                 next_housekeeping = self.ctx.now_ms + HOUSEKEEPING.as_millis() as u64;
@@ -568,8 +602,10 @@ impl Worker {
         mark_dirty(&mut self.ctx.dirty, conn, slot);
     }
 
-    fn flush_dirty(&mut self) {
+    /// Writes every connection marked dirty; returns how many were written.
+    fn flush_dirty(&mut self) -> usize {
         let mut dirty = std::mem::take(&mut self.ctx.dirty);
+        let mut written = 0;
         for &slot in &dirty {
             let Some(conn) = self.conns.get_mut(slot as usize) else {
                 continue;
@@ -580,12 +616,14 @@ impl Worker {
             conn.dirty = false;
             if !conn.write_blocked {
                 self.flush(slot);
+                written += 1;
             }
         }
         dirty.clear();
         // Flushes may have closed connections; none re-marks during the loop.
         debug_assert!(self.ctx.dirty.is_empty());
         self.ctx.dirty = dirty;
+        written
     }
 
     fn flush(&mut self, slot: u32) {

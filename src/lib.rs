@@ -33,6 +33,7 @@ pub mod frame;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod pacing;
 pub mod ring;
 pub mod rng;
 pub mod server;

@@ -103,6 +103,10 @@ pub struct WorkerStats {
     pub accepted: AtomicU64,
     /// Event loop turns.
     pub loop_turns: AtomicU64,
+    /// Write passes that waited for a contended core's share (pacing).
+    pub paced_passes: AtomicU64,
+    /// Nanoseconds those passes waited in all.
+    pub paced_wait_ns: AtomicU64,
 }
 
 /// The worker's private copy, published with [`WorkerCounters::publish`].
@@ -136,6 +140,10 @@ pub struct WorkerCounters {
     pub accepted: u64,
     /// See [`WorkerStats`].
     pub loop_turns: u64,
+    /// See [`WorkerStats`].
+    pub paced_passes: u64,
+    /// See [`WorkerStats`].
+    pub paced_wait_ns: u64,
 }
 
 impl WorkerCounters {
@@ -157,6 +165,8 @@ impl WorkerCounters {
         s.http_rejects.store(self.http_rejects, r);
         s.accepted.store(self.accepted, r);
         s.loop_turns.store(self.loop_turns, r);
+        s.paced_passes.store(self.paced_passes, r);
+        s.paced_wait_ns.store(self.paced_wait_ns, r);
     }
 }
 
@@ -397,6 +407,28 @@ impl Metrics {
                 o,
                 "tickwire_worker_loop_turns_total{{worker=\"{k}\"}} {}",
                 w.loop_turns.load(r)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP tickwire_worker_paced_passes_total Write passes a worker held back while its core was contended.\n# TYPE tickwire_worker_paced_passes_total counter"
+        );
+        for (k, w) in self.workers.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "tickwire_worker_paced_passes_total{{worker=\"{k}\"}} {}",
+                w.paced_passes.load(r)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP tickwire_worker_paced_wait_seconds_total Time those passes were held back.\n# TYPE tickwire_worker_paced_wait_seconds_total counter"
+        );
+        for (k, w) in self.workers.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "tickwire_worker_paced_wait_seconds_total{{worker=\"{k}\"}} {:.6}",
+                w.paced_wait_ns.load(r) as f64 / 1e9
             );
         }
         let _ = writeln!(

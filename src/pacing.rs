@@ -1,0 +1,242 @@
+//! Write-pass pacing for workers whose cores are contended.
+//!
+//! A write pass costs a fixed amount per connection written (on loopback a
+//! `write` also runs the receiver's TCP input, about 3 µs here) plus a part per
+//! byte. When the workers have the cores to themselves they write as soon as
+//! updates arrive: the batch per write is whatever arrived during the last pass.
+//! When other threads wait for the same cores (the clients on a shared box, a
+//! feed handler, a noisy neighbour), every pass a worker starts also takes CPU
+//! from them, and W workers each writing a shard make W times as many small
+//! writes as one would. So while the scheduler makes this thread wait for a
+//! core, the worker waits `W - 1` times its own pass cost before the next pass:
+//! together the workers then take about one core's worth of write passes, each
+//! write carries W times the batch, and the cost per delivered update falls to
+//! what a single loop pays. With one worker, or free cores, nothing waits.
+//!
+//! Sans-io: the event loop feeds it the thread's CPU and run-queue wait
+//! (Linux schedstat) and asks whether a pass may start.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// Length of a measurement window.
+pub const WINDOW_NS: u64 = 20_000_000;
+/// Contended when the thread waited for a core this fraction of a window...
+const ENGAGE: f64 = 0.10;
+/// ...and no longer once it waits less than this (hysteresis).
+const RELEASE: f64 = 0.03;
+/// The longest wait between two passes, whatever a pass costs.
+pub const MAX_LINGER_NS: u64 = 5_000_000;
+
+/// Decides when a worker may start its next write pass.
+#[derive(Debug)]
+pub struct Pacer {
+    /// Other workers whose passes this one leaves room for (W - 1).
+    others: u64,
+    contended: bool,
+    /// A first sample set the window's start.
+    primed: bool,
+    window_start_ns: u64,
+    cpu0_ns: u64,
+    wait0_ns: u64,
+    passes: u64,
+    /// CPU per write pass in the last window.
+    pass_cost_ns: u64,
+    /// No pass before this time.
+    resume_at_ns: u64,
+}
+
+impl Pacer {
+    /// A pacer for one of `workers` workers; `enabled = false` never waits.
+    pub fn new(workers: usize, enabled: bool) -> Self {
+        Pacer {
+            others: if enabled {
+                workers.saturating_sub(1) as u64
+            } else {
+                0
+            },
+            contended: false,
+            primed: false,
+            window_start_ns: 0,
+            cpu0_ns: 0,
+            wait0_ns: 0,
+            passes: 0,
+            pass_cost_ns: 0,
+            resume_at_ns: 0,
+        }
+    }
+
+    /// Whether pacing can ever apply (more than one worker, enabled).
+    pub fn active(&self) -> bool {
+        self.others > 0
+    }
+
+    /// Whether the last window found the thread waiting for a core.
+    pub fn contended(&self) -> bool {
+        self.contended
+    }
+
+    /// Whether a window has ended and [`Pacer::sample`] is due.
+    pub fn sample_due(&self, now_ns: u64) -> bool {
+        self.active() && now_ns >= self.window_start_ns + WINDOW_NS
+    }
+
+    /// Closes a window: `cpu_ns` and `wait_ns` are the thread's cumulative
+    /// on-CPU and runnable-but-waiting times.
+    pub fn sample(&mut self, now_ns: u64, cpu_ns: u64, wait_ns: u64) {
+        let wall = now_ns.saturating_sub(self.window_start_ns);
+        if self.primed && wall > 0 {
+            let waited = wait_ns.saturating_sub(self.wait0_ns) as f64 / wall as f64;
+            self.contended = if self.contended {
+                waited >= RELEASE
+            } else {
+                waited >= ENGAGE
+            };
+            if self.passes > 0 {
+                self.pass_cost_ns = cpu_ns.saturating_sub(self.cpu0_ns) / self.passes;
+            }
+        }
+        self.window_start_ns = now_ns;
+        self.cpu0_ns = cpu_ns;
+        self.wait0_ns = wait_ns;
+        self.passes = 0;
+        self.primed = true;
+    }
+
+    /// A write pass (at least one connection written) ended at `now_ns`.
+    /// Returns how long the next one is held back (0: not at all).
+    pub fn pass_done(&mut self, now_ns: u64) -> u64 {
+        self.passes += 1;
+        if !self.contended {
+            return 0;
+        }
+        let linger = (self.pass_cost_ns * self.others).min(MAX_LINGER_NS);
+        self.resume_at_ns = now_ns + linger;
+        linger
+    }
+
+    /// How long to wait before the next pass may start (0: now).
+    pub fn wait_ns(&self, now_ns: u64) -> u64 {
+        if !self.contended {
+            return 0;
+        }
+        self.resume_at_ns.saturating_sub(now_ns)
+    }
+}
+
+/// The calling thread's scheduler statistics (`/proc/thread-self/schedstat`).
+pub struct SchedStat(File);
+
+impl SchedStat {
+    /// Opens the calling thread's file; `None` where the kernel has none.
+    pub fn open() -> Option<Self> {
+        File::open("/proc/thread-self/schedstat").ok().map(SchedStat)
+    }
+
+    /// (on-CPU ns, runnable-but-waiting ns) since the thread started.
+    pub fn read(&self) -> Option<(u64, u64)> {
+        let mut buf = [0u8; 96];
+        let n = self.0.read_at(&mut buf, 0).ok()?;
+        parse_schedstat(&buf[..n])
+    }
+}
+
+fn parse_schedstat(text: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(text).ok()?;
+    let mut fields = text.split_ascii_whitespace().map(str::parse::<u64>);
+    let cpu = fields.next()?.ok()?;
+    let wait = fields.next()?.ok()?;
+    Some((cpu, wait))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    /// Runs one window in which the thread spent `cpu` ns on a core over
+    /// `passes` passes and waited `wait` ns for one; returns the new totals.
+    fn window(p: &mut Pacer, t: &mut u64, tot: &mut (u64, u64), cpu: u64, wait: u64, passes: u64) {
+        for _ in 0..passes {
+            p.pass_done(*t);
+        }
+        *t += WINDOW_NS;
+        tot.0 += cpu;
+        tot.1 += wait;
+        p.sample(*t, tot.0, tot.1);
+    }
+
+    #[test]
+    fn free_cores_never_wait() {
+        let mut p = Pacer::new(2, true);
+        let (mut t, mut tot) = (MS, (0, 0));
+        p.sample(t, 0, 0);
+        for _ in 0..10 {
+            window(&mut p, &mut t, &mut tot, 10 * MS, MS / 10, 20);
+            assert!(!p.contended());
+            p.pass_done(t);
+            assert_eq!(p.wait_ns(t), 0);
+        }
+    }
+
+    #[test]
+    fn contended_worker_waits_its_pass_cost_times_the_others() {
+        let mut p = Pacer::new(3, true);
+        let (mut t, mut tot) = (MS, (0, 0));
+        p.sample(t, 0, 0);
+        // 10 passes of 0.5 ms CPU each, 5 ms waited for a core: 25 %.
+        window(&mut p, &mut t, &mut tot, 5 * MS, 5 * MS, 10);
+        assert!(p.contended());
+        assert_eq!(p.pass_done(t), MS, "2 others x 0.5 ms");
+        assert_eq!(p.wait_ns(t), MS);
+        assert_eq!(p.wait_ns(t + MS / 4), 3 * MS / 4);
+        assert_eq!(p.wait_ns(t + 2 * MS), 0);
+    }
+
+    #[test]
+    fn wait_is_capped_and_released_with_hysteresis() {
+        let mut p = Pacer::new(2, true);
+        let (mut t, mut tot) = (MS, (0, 0));
+        p.sample(t, 0, 0);
+        window(&mut p, &mut t, &mut tot, 18 * MS, 4 * MS, 1);
+        assert!(p.contended());
+        p.pass_done(t);
+        assert_eq!(p.wait_ns(t), MAX_LINGER_NS);
+        // 5 % waited: below the engage level, above the release level.
+        window(&mut p, &mut t, &mut tot, 10 * MS, MS, 5);
+        assert!(p.contended());
+        window(&mut p, &mut t, &mut tot, 10 * MS, MS / 2, 5);
+        assert!(!p.contended());
+        p.pass_done(t);
+        assert_eq!(p.wait_ns(t), 0);
+    }
+
+    #[test]
+    fn one_worker_or_disabled_never_waits() {
+        for mut p in [Pacer::new(1, true), Pacer::new(4, false)] {
+            assert!(!p.active());
+            assert!(!p.sample_due(u64::MAX));
+            p.sample(MS, 0, 0);
+            p.sample(MS + WINDOW_NS, MS, 15 * MS);
+            p.pass_done(MS + WINDOW_NS);
+            assert_eq!(p.wait_ns(MS + WINDOW_NS), 0);
+        }
+    }
+
+    #[test]
+    fn schedstat_parses_and_reads_this_thread() {
+        assert_eq!(parse_schedstat(b"123 456 7\n"), Some((123, 456)));
+        assert_eq!(parse_schedstat(b"x 1 2"), None);
+        assert_eq!(parse_schedstat(b""), None);
+        if let Some(s) = SchedStat::open() {
+            let (cpu0, _) = s.read().expect("readable");
+            let mut x = 0u64;
+            for i in 0..2_000_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+            let (cpu1, _) = s.read().expect("readable");
+            assert!(cpu1 > cpu0, "CPU time advances: {cpu0} -> {cpu1}");
+        }
+    }
+}
