@@ -92,8 +92,8 @@ impl Pacer {
             } else {
                 waited >= ENGAGE
             };
-            if self.passes > 0 {
-                self.pass_cost_ns = cpu_ns.saturating_sub(self.cpu0_ns) / self.passes;
+            if let Some(cost) = cpu_ns.saturating_sub(self.cpu0_ns).checked_div(self.passes) {
+                self.pass_cost_ns = cost;
             }
         }
         self.window_start_ns = now_ns;
@@ -130,7 +130,9 @@ pub struct SchedStat(File);
 impl SchedStat {
     /// Opens the calling thread's file; `None` where the kernel has none.
     pub fn open() -> Option<Self> {
-        File::open("/proc/thread-self/schedstat").ok().map(SchedStat)
+        File::open("/proc/thread-self/schedstat")
+            .ok()
+            .map(SchedStat)
     }
 
     /// (on-CPU ns, runnable-but-waiting ns) since the thread started.

@@ -86,7 +86,11 @@ fn paced_passes_under_load(extra: &[&str]) -> f64 {
         h.join().unwrap();
     }
     for r in readers {
-        assert_eq!(r.join().unwrap(), sent, "every client ends on the last tick");
+        assert_eq!(
+            r.join().unwrap(),
+            sent,
+            "every client ends on the last tick"
+        );
     }
     passes
 }
