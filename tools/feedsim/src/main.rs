@@ -91,6 +91,11 @@ struct Cli {
     /// Print one JSON object on stdout at the end.
     #[arg(long)]
     json: bool,
+    /// Busy-wait this many µs before each due tick instead of sleeping up to
+    /// it: send times within a few µs, at the cost of CPU (a core at a few
+    /// thousand ticks/s). 0 sleeps; the timer then wakes up to ~0.1 ms late.
+    #[arg(long, default_value_t = 0.0, value_name = "US")]
+    spin_us: f64,
 }
 
 /// Set by SIGINT/SIGTERM: finish early but still print the summary.
@@ -159,6 +164,9 @@ fn run(cli: Cli) -> Result<()> {
     }
     if cli.stdout && cli.json {
         bail!("--json and --stdout both write to stdout");
+    }
+    if !(0.0..=1e6).contains(&cli.spin_us) {
+        bail!("--spin-us must be between 0 and 1000000");
     }
     let rate: Option<f64> = match cli.rate.as_str() {
         "max" => None,
@@ -247,10 +255,13 @@ fn run(cli: Cli) -> Result<()> {
                 if batch > 0 {
                     late_max_ns = late_max_ns.max(((now_s - first_due).max(0.0) * 1e9) as u64);
                 } else {
-                    // Nothing due: sleep most of the way, spin the last stretch.
+                    // Nothing due: sleep (a spinning feed would take a core
+                    // from the server and clients it measures), optionally
+                    // spinning the last stretch.
                     let wait = s.peek() - start.elapsed().as_secs_f64();
-                    if wait > 300e-6 {
-                        std::thread::sleep(Duration::from_secs_f64(wait - 200e-6));
+                    let spin = cli.spin_us * 1e-6;
+                    if wait > spin {
+                        std::thread::sleep(Duration::from_secs_f64(wait - spin));
                     } else {
                         std::hint::spin_loop();
                     }

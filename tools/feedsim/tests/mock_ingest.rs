@@ -149,6 +149,9 @@ fn bad_arguments_are_rejected() {
     assert_eq!(out.status.code(), Some(2));
     let (_, out) = feedsim(&["--stdout", "--channels", "bad name", "--count", "1"]);
     assert_eq!(out.status.code(), Some(2));
+    let (_, out) = feedsim(&["--stdout", "--count", "1", "--spin-us=-5"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--spin-us"));
     let (_, out) = feedsim(&[
         "--stdout",
         "--universe",
