@@ -20,7 +20,10 @@
 //! where `n` counts per channel from 1 and `t` is the tick's *scheduled*
 //! send time in realtime (CLOCK_REALTIME) nanoseconds: tick i is due at
 //! i/R from the start, so a stalled target shows up as latency downstream
-//! instead of silently slowing the feed. Due ticks are written in batches,
+//! instead of silently slowing the feed. Between due ticks it sleeps (a
+//! spinning feed would take a core from the server and clients it measures);
+//! `--spin-us` busy-waits the last stretch for precise send times. Due ticks
+//! are written in batches,
 //! one write per connection per batch. Bursts (`--burst-every E`) run at
 //! `--burst-factor`× for `--burst-len` s at E, 2E, ... `--connections C`
 //! opens C feed connections; channel k goes to connection k mod C.
