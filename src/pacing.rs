@@ -232,13 +232,24 @@ mod tests {
         assert_eq!(parse_schedstat(b"x 1 2"), None);
         assert_eq!(parse_schedstat(b""), None);
         if let Some(s) = SchedStat::open() {
+            // The kernel folds a running thread's time in at scheduler ticks
+            // and switches, so a fresh thread may read 0 for a while: spin
+            // and yield until the figure moves.
             let (cpu0, _) = s.read().expect("readable");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let mut cpu1 = cpu0;
             let mut x = 0u64;
-            for i in 0..2_000_000u64 {
-                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            while cpu1 <= cpu0 && std::time::Instant::now() < deadline {
+                for i in 0..200_000u64 {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                }
+                std::thread::yield_now();
+                cpu1 = s.read().expect("readable").0;
             }
-            let (cpu1, _) = s.read().expect("readable");
-            assert!(cpu1 > cpu0, "CPU time advances: {cpu0} -> {cpu1}");
+            assert!(
+                cpu1 > cpu0,
+                "CPU time never advanced in 5 s: {cpu0} -> {cpu1}"
+            );
         }
     }
 }
