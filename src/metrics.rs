@@ -398,50 +398,44 @@ impl Metrics {
                 i.rejects[k].load(r)
             );
         }
-        let _ = writeln!(
-            o,
-            "# HELP tickwire_worker_loop_turns_total Event loop turns per worker.\n# TYPE tickwire_worker_loop_turns_total counter"
+        let per_worker = |o: &mut String,
+                          name: &str,
+                          help: &str,
+                          kind: &str,
+                          v: &dyn Fn(&WorkerStats) -> String| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (k, w) in self.workers.iter().enumerate() {
+                let _ = writeln!(o, "{name}{{worker=\"{k}\"}} {}", v(w));
+            }
+        };
+        per_worker(
+            &mut o,
+            "tickwire_worker_loop_turns_total",
+            "Event loop turns per worker.",
+            "counter",
+            &|w| w.loop_turns.load(r).to_string(),
         );
-        for (k, w) in self.workers.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "tickwire_worker_loop_turns_total{{worker=\"{k}\"}} {}",
-                w.loop_turns.load(r)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP tickwire_worker_paced_passes_total Write passes a worker held back while its core was contended.\n# TYPE tickwire_worker_paced_passes_total counter"
+        per_worker(
+            &mut o,
+            "tickwire_worker_paced_passes_total",
+            "Write passes a worker held back while its core was contended.",
+            "counter",
+            &|w| w.paced_passes.load(r).to_string(),
         );
-        for (k, w) in self.workers.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "tickwire_worker_paced_passes_total{{worker=\"{k}\"}} {}",
-                w.paced_passes.load(r)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP tickwire_worker_paced_wait_seconds_total Time those passes were held back.\n# TYPE tickwire_worker_paced_wait_seconds_total counter"
+        per_worker(
+            &mut o,
+            "tickwire_worker_paced_wait_seconds_total",
+            "Time those passes were held back.",
+            "counter",
+            &|w| format!("{:.6}", w.paced_wait_ns.load(r) as f64 / 1e9),
         );
-        for (k, w) in self.workers.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "tickwire_worker_paced_wait_seconds_total{{worker=\"{k}\"}} {:.6}",
-                w.paced_wait_ns.load(r) as f64 / 1e9
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP tickwire_worker_connections Open connections per worker.\n# TYPE tickwire_worker_connections gauge"
+        per_worker(
+            &mut o,
+            "tickwire_worker_connections",
+            "Open connections per worker.",
+            "gauge",
+            &|w| w.connections.load(r).to_string(),
         );
-        for (k, w) in self.workers.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "tickwire_worker_connections{{worker=\"{k}\"}} {}",
-                w.connections.load(r)
-            );
-        }
         let h = self.latency();
         let _ = writeln!(
             o,

@@ -169,11 +169,16 @@ mod tests {
         p.sample(*t, tot.0, tot.1);
     }
 
+    /// A pacer of `workers` workers after its first sample at t = 1 ms.
+    fn primed(workers: usize) -> (Pacer, u64, (u64, u64)) {
+        let mut p = Pacer::new(workers, true);
+        p.sample(MS, 0, 0);
+        (p, MS, (0, 0))
+    }
+
     #[test]
     fn free_cores_never_wait() {
-        let mut p = Pacer::new(2, true);
-        let (mut t, mut tot) = (MS, (0, 0));
-        p.sample(t, 0, 0);
+        let (mut p, mut t, mut tot) = primed(2);
         for _ in 0..10 {
             window(&mut p, &mut t, &mut tot, 10 * MS, MS / 10, 20);
             assert!(!p.contended());
@@ -184,9 +189,7 @@ mod tests {
 
     #[test]
     fn contended_worker_waits_its_pass_cost_times_the_others() {
-        let mut p = Pacer::new(3, true);
-        let (mut t, mut tot) = (MS, (0, 0));
-        p.sample(t, 0, 0);
+        let (mut p, mut t, mut tot) = primed(3);
         // 10 passes of 0.5 ms CPU each, 5 ms waited for a core: 25 %.
         window(&mut p, &mut t, &mut tot, 5 * MS, 5 * MS, 10);
         assert!(p.contended());
@@ -198,9 +201,7 @@ mod tests {
 
     #[test]
     fn wait_is_capped_and_released_with_hysteresis() {
-        let mut p = Pacer::new(2, true);
-        let (mut t, mut tot) = (MS, (0, 0));
-        p.sample(t, 0, 0);
+        let (mut p, mut t, mut tot) = primed(2);
         window(&mut p, &mut t, &mut tot, 18 * MS, 4 * MS, 1);
         assert!(p.contended());
         p.pass_done(t);
