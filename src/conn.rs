@@ -155,7 +155,16 @@ pub fn read_frames(
                             reason: "invalid close payload",
                         });
                     }
-                    _ => u16::from_be_bytes([f.payload[0], f.payload[1]]),
+                    _ => {
+                        let code = u16::from_be_bytes([f.payload[0], f.payload[1]]);
+                        if !close_code_allowed(code) {
+                            return Err(Violation {
+                                code: CloseCode::Protocol,
+                                reason: "invalid close code",
+                            });
+                        }
+                        code
+                    }
                 };
                 if f.payload.len() > 2 && std::str::from_utf8(&f.payload[2..]).is_err() {
                     return Err(Violation {
@@ -202,6 +211,13 @@ pub fn read_frames(
             }
         }
     }
+}
+
+/// Codes a peer may put in a close frame: RFC 6455 7.4.1 and the IANA
+/// registry (1012-1014); 1004-1006 and 1015 are reserved, <1000 and
+/// 1016-2999 unassigned.
+fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 fn emit_message(
@@ -261,6 +277,11 @@ struct RawOp {
 /// # Errors
 /// `bad_json`, `bad_request`, `unknown_op`, `bad_channel` or `too_many_channels`.
 pub fn parse_client_message(text: &[u8], max_channels: usize) -> Result<ClientOp, ClientError> {
+    // serde's derived structs also accept a JSON array in field order; the
+    // protocol speaks objects only.
+    if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ClientError::new("bad_json", "message is not a JSON object"));
+    }
     let raw: RawOp = serde_json::from_slice(text)
         .map_err(|e| ClientError::new("bad_json", format!("message is not a JSON object: {e}")))?;
     let op = match raw.op {
@@ -408,6 +429,21 @@ mod tests {
         let (r, got) = events(&mut close);
         assert_eq!(r.unwrap(), 8);
         assert_eq!(got, ["Close(1000)"]);
+        for bad in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            let mut close = masked(frame::OPCODE_CLOSE, true, &bad.to_be_bytes());
+            let v = events(&mut close).0.unwrap_err();
+            assert_eq!(
+                v,
+                Violation {
+                    code: CloseCode::Protocol,
+                    reason: "invalid close code"
+                }
+            );
+        }
+        for good in [1001u16, 1011, 1012, 3000, 4999] {
+            let mut close = masked(frame::OPCODE_CLOSE, true, &good.to_be_bytes());
+            assert_eq!(events(&mut close).1, [format!("Close({good})")]);
+        }
     }
 
     #[test]
@@ -418,6 +454,10 @@ mod tests {
         let code = |m: &str, max| parse_client_message(m.as_bytes(), max).unwrap_err().code;
         assert_eq!(code("not json", 10), "bad_json");
         assert_eq!(code("[1]", 10), "bad_json");
+        // serde would read an array in field order; objects only.
+        assert_eq!(code(r#"["subscribe",["A"]]"#, 10), "bad_json");
+        assert_eq!(code(r#"  "subscribe""#, 10), "bad_json");
+        assert!(parse_client_message(br#" {"op":"subscribe","channels":[]}"#, 10).is_ok());
         assert_eq!(code(r#"{"channels":[]}"#, 10), "bad_request");
         assert_eq!(code(r#"{"op":"dance","channels":[]}"#, 10), "unknown_op");
         assert_eq!(code(r#"{"op":"subscribe"}"#, 10), "bad_request");

@@ -442,11 +442,9 @@ impl Worker {
                 }
                 OwnedEvent::Pong => {}
                 OwnedEvent::Close(code) => {
-                    // Echo the peer's code (RFC 6455 5.5.1); 1000 when it sent none.
-                    let code = match code {
-                        1000..=1003 | 1007..=1011 | 3000..=4999 => *code,
-                        _ => 1000,
-                    };
+                    // Echo the peer's code (RFC 6455 5.5.1; read_frames let
+                    // only valid ones through); 1000 when it sent none.
+                    let code = if *code == 1005 { 1000 } else { *code };
                     let payload = code.to_be_bytes();
                     conn.out
                         .push_control(Frame::control(frame::build(frame::OPCODE_CLOSE, &payload)));

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test of the repository: formatting, lints, the engine's
 # unit and loopback integration tests, the tools' tests, and each benchmark
-# once in test mode. Installs nothing today: everything runs on the Rust
-# toolchain alone (tests start the real binaries on ephemeral loopback ports).
+# once in test mode, and a replay of the fuzz corpus. Tests start the real
+# binaries on ephemeral loopback ports. The fuzz replay needs the nightly
+# toolchain and installs cargo-fuzz from crates.io when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,3 +28,9 @@ step "engine tests (release)"
 cargo test --release -p tickwire
 step "benches compile and run once"
 cargo test --benches -p tickwire
+step "fuzz corpus replay"
+if cargo +nightly --version >/dev/null 2>&1; then
+  tools/fuzz.sh replay
+else
+  echo "NOT RUN: no nightly toolchain, which cargo-fuzz needs (rustup toolchain install nightly)"
+fi

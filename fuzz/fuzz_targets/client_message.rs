@@ -1,0 +1,23 @@
+//! Client text messages: subscribe/unsubscribe requests.
+//! Never panics; what it accepts is within the documented limits.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tickwire::channel;
+use tickwire::conn::{ClientOp, parse_client_message};
+
+fuzz_target!(|data: &[u8]| {
+    let max = 8;
+    match parse_client_message(data, max) {
+        Ok(ClientOp::Subscribe(names) | ClientOp::Unsubscribe(names)) => {
+            assert!(names.len() <= max);
+            for n in &names {
+                assert!(
+                    channel::is_valid(n.as_bytes()),
+                    "accepted bad channel {n:?}"
+                );
+            }
+        }
+        Err(e) => assert!(!e.message.is_empty()),
+    }
+});
