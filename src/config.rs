@@ -261,7 +261,7 @@ enum SizeValue {
 
 fn duration_of(key: &'static str, v: DurationValue) -> Result<Duration, ConfigError> {
     match v {
-        DurationValue::Seconds(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(s)),
+        DurationValue::Seconds(s) if let Ok(d) = Duration::try_from_secs_f64(s) => Ok(d),
         DurationValue::Seconds(s) => Err(ConfigError::Invalid {
             key,
             message: format!("{s} is not a duration"),
@@ -347,13 +347,15 @@ fn size_of(key: &'static str, v: SizeValue) -> Result<usize, ConfigError> {
     }
 }
 
+/// The longest heartbeat or timeout accepted.
+const MAX_TIMER: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Parses "15s", "500ms", "1m" (humantime syntax) or plain seconds ("2.5").
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.trim().parse::<f64>()
-        && secs.is_finite()
-        && secs >= 0.0
-    {
-        return Ok(Duration::from_secs_f64(secs));
+    if let Ok(secs) = s.trim().parse::<f64>() {
+        // Rejects negative, NaN and out-of-range values instead of panicking.
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{s:?} is not a duration in range; try 15s or 500ms"));
     }
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("{s:?} is not a duration ({e}); try 15s or 500ms"))
@@ -457,6 +459,16 @@ impl Config {
         if self.workers == 0 || self.workers > 1024 {
             return bad("workers", "must be 1 to 1024");
         }
+        // Timers are kept in u64 milliseconds: a week is far past any use.
+        for (key, d) in [
+            ("ping_interval", self.ping_interval),
+            ("idle_timeout", self.idle_timeout),
+            ("slow_consumer_timeout", self.slow_consumer_timeout),
+        ] {
+            if d > MAX_TIMER {
+                return bad(key, "must be at most 7 days");
+            }
+        }
         if self.ping_interval.is_zero() {
             return bad("ping_interval", "must be above zero");
         }
@@ -546,6 +558,10 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("soon").is_err());
+        // Out of Duration's range or negative: an error, not a panic.
+        assert!(parse_duration("1e300").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("NaN").is_err());
     }
 
     #[test]

@@ -100,13 +100,15 @@ impl Frame {
 
     /// The newest update alone: what a conflating queue keeps. The same `Rc`
     /// unless coalesced; built once per coalesced frame, not per subscriber.
+    /// Copied rather than sliced: a slice would keep the whole packed turn
+    /// buffer (up to 32 KiB) alive in every queue that conflates it.
     pub fn newest(this: &FrameRef) -> FrameRef {
         if this.newest_offset == 0 {
             return Rc::clone(this);
         }
         Rc::clone(this.newest.get_or_init(|| {
             Frame::update(
-                this.bytes.slice(this.newest_offset..),
+                Bytes::copy_from_slice(&this.bytes[this.newest_offset..]),
                 this.channel,
                 this.seq,
                 this.ingest_ns,
@@ -170,6 +172,9 @@ pub struct OutQueue {
     /// While conflating: channel → absolute position of its newest queued update.
     pending: HashMap<ChannelId, u64, BuildHasherDefault<IdHasher>>,
     conflating: bool,
+    /// Bytes of the control frames queued (replies to the client's own
+    /// requests): what the worker bounds by pausing the client's input.
+    control_bytes: usize,
 }
 
 impl OutQueue {
@@ -219,8 +224,37 @@ impl OutQueue {
 
     /// Queues a control frame; these are never conflated or dropped.
     pub fn push_control(&mut self, frame: FrameRef) {
+        debug_assert!(frame.channel == ChannelId::NONE);
         self.queued_bytes += frame.bytes.len();
+        self.control_bytes += frame.bytes.len();
         self.queue.push_back(frame);
+    }
+
+    /// Queues a pong, replacing a pong still waiting untouched at the back:
+    /// RFC 6455 5.5.3 lets an endpoint answer only the most recent ping, so
+    /// a ping flood costs one frame, not one per ping.
+    pub fn push_pong(&mut self, frame: FrameRef) {
+        debug_assert_eq!(frame.bytes.first(), Some(&0x8A));
+        let untouched = self.queue.len() > 1 || self.head_written == 0;
+        if untouched
+            && let Some(back) = self.queue.back_mut()
+            && back.channel == ChannelId::NONE
+            && back.bytes.first() == Some(&0x8A)
+        {
+            let old = back.bytes.len();
+            self.queued_bytes = self.queued_bytes - old + frame.bytes.len();
+            self.control_bytes = self.control_bytes - old + frame.bytes.len();
+            *back = frame;
+            self.check_invariants();
+            return;
+        }
+        self.push_control(frame);
+    }
+
+    /// Bytes of control frames waiting (acks, errors, pongs, pings, close).
+    #[inline]
+    pub fn control_bytes(&self) -> usize {
+        self.control_bytes
     }
 
     /// Forgets a channel's pending position (after an unsubscribe), so a later
@@ -235,6 +269,7 @@ impl OutQueue {
         self.queue.clear();
         self.head_written = 0;
         self.queued_bytes = 0;
+        self.control_bytes = 0;
         self.reset_conflation();
     }
 
@@ -247,6 +282,11 @@ impl OutQueue {
             .queue
             .front()
             .map_or(0, |f| f.bytes.len() - self.head_written);
+        self.control_bytes = self
+            .queue
+            .front()
+            .filter(|f| f.channel == ChannelId::NONE)
+            .map_or(0, |f| f.bytes.len());
         self.reset_conflation();
         self.check_invariants();
     }
@@ -337,6 +377,9 @@ impl OutQueue {
             }
             written -= front_left;
             let frame = self.queue.pop_front().expect("advance past the queue");
+            if frame.channel == ChannelId::NONE {
+                self.control_bytes -= frame.bytes.len();
+            }
             self.head_written = 0;
             self.removed += 1;
             sent(&frame);
@@ -368,6 +411,13 @@ impl OutQueue {
         }
         let bytes: usize = self.queue.iter().map(|f| f.bytes.len()).sum();
         debug_assert_eq!(bytes - self.head_written, self.queued_bytes);
+        let control: usize = self
+            .queue
+            .iter()
+            .filter(|f| f.channel == ChannelId::NONE)
+            .map(|f| f.bytes.len())
+            .sum();
+        debug_assert_eq!(control, self.control_bytes);
         debug_assert!(
             self.queue
                 .front()
@@ -506,6 +556,73 @@ mod tests {
         sink.room = usize::MAX;
         assert_eq!(q.flush(&mut sink, |_| {}).unwrap().0, Flushed::Drained);
         assert_eq!(sink.got, expect);
+    }
+
+    fn pong(payload: &[u8]) -> FrameRef {
+        Frame::control(crate::frame::build(crate::frame::OPCODE_PONG, payload))
+    }
+
+    #[test]
+    fn pongs_replace_a_waiting_pong_and_control_bytes_are_counted() {
+        let mut q = OutQueue::default();
+        for i in 0..1000u32 {
+            q.push_pong(pong(&i.to_be_bytes()));
+        }
+        assert_eq!(q.len(), 1, "a ping flood costs one pong");
+        assert_eq!(q.control_bytes(), 6);
+        q.push_update(upd(1, 1, 10), 1 << 20);
+        q.push_pong(pong(b"a"));
+        q.push_control(Frame::control(Bytes::from_static(b"\x81\x01x")));
+        assert_eq!(
+            q.len(),
+            4,
+            "a pong behind an update or another frame is new"
+        );
+        assert_eq!(q.control_bytes(), 6 + 3 + 3);
+        // Half-written pong at the front is not replaced.
+        let mut q2 = OutQueue::default();
+        q2.push_pong(pong(b"abcd"));
+        let mut sink = Sink {
+            room: 2,
+            got: Vec::new(),
+        };
+        q2.flush(&mut sink, |_| {}).unwrap();
+        q2.push_pong(pong(b"zz"));
+        assert_eq!(q2.len(), 2);
+        sink.room = usize::MAX;
+        q2.flush(&mut sink, |_| {}).unwrap();
+        assert_eq!(
+            sink.got,
+            [0x8A, 4, b'a', b'b', b'c', b'd', 0x8A, 2, b'z', b'z']
+        );
+        assert_eq!(q2.control_bytes(), 0);
+        let mut all = Sink {
+            room: usize::MAX,
+            got: Vec::new(),
+        };
+        q.flush(&mut all, |_| {}).unwrap();
+        assert_eq!(q.control_bytes(), 0);
+        assert_eq!(q.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn conflated_coalesced_update_does_not_pin_the_turn_buffer() {
+        let mut packed = vec![b'o'; 30_000];
+        packed.extend_from_slice(b"newest");
+        let f = Frame::coalesced(
+            Bytes::from(packed),
+            ChannelId(1),
+            2,
+            0,
+            vec![0].into_boxed_slice(),
+            30_000,
+        );
+        let newest = Frame::newest(&f);
+        assert_eq!(&newest.bytes[..], b"newest");
+        // A copy: dropping the packed frame frees its buffer.
+        let base = f.bytes.as_ptr() as usize;
+        let p = newest.bytes.as_ptr() as usize;
+        assert!(p < base || p >= base + f.bytes.len());
     }
 
     #[test]

@@ -2,14 +2,14 @@
 //! WebSocket message reassembly, control frames, and the JSON client
 //! messages (`subscribe`, `unsubscribe`) with their replies and errors.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 use mio::net::TcpStream;
 use serde::Deserialize;
 
 use crate::channel::{self, ChannelId};
-use crate::conflate::OutQueue;
+use crate::conflate::{FrameRef, OutQueue};
 use crate::frame::{self, CloseCode, FrameError};
 use crate::ring::ConnKey;
 
@@ -67,9 +67,54 @@ pub struct Conn {
     pub write_blocked: bool,
     /// Reading was cut short for fairness: read again next turn.
     pub read_pending: bool,
+    /// Input is not read while too many replies wait unread by the client;
+    /// a flush that drains them resumes it.
+    pub read_paused: bool,
+    /// Subscribe requests sent to the ingest thread, and replies seen: a
+    /// reply made here while some are in flight waits in `held` so the
+    /// client gets its answers in the order it asked.
+    pub subscribes_sent: u32,
+    /// See `subscribes_sent`.
+    pub subscribes_answered: u32,
+    /// Local replies waiting for subscribe reply number `.0` to go first.
+    pub held: VecDeque<(u32, FrameRef)>,
+    /// Bytes in `held`.
+    pub held_bytes: usize,
 }
 
 impl Conn {
+    /// Queues a reply made on the worker, behind the answers to subscribe
+    /// requests still in flight (so replies keep the order of the requests).
+    pub fn reply(&mut self, frame: FrameRef) {
+        if self.subscribes_answered == self.subscribes_sent {
+            self.out.push_control(frame);
+        } else {
+            self.held_bytes += frame.bytes.len();
+            self.held.push_back((self.subscribes_sent, frame));
+        }
+    }
+
+    /// A subscribe reply went out: queue the local replies that waited for it.
+    pub fn release_held(&mut self) {
+        debug_assert!(self.subscribes_answered < self.subscribes_sent);
+        self.subscribes_answered += 1;
+        while let Some((after, _)) = self.held.front()
+            && *after <= self.subscribes_answered
+        {
+            let (_, f) = self.held.pop_front().expect("front exists");
+            self.held_bytes -= f.bytes.len();
+            self.out.push_control(f);
+        }
+        if self.held.is_empty() && self.held.capacity() > 0 {
+            self.held = VecDeque::new();
+        }
+    }
+
+    /// Reply bytes waiting for the client: queued and held.
+    pub fn reply_bytes(&self) -> usize {
+        self.out.control_bytes() + self.held_bytes
+    }
+
     /// A new connection in the handshake phase.
     pub fn new(stream: TcpStream, key: ConnKey, now_ms: u64) -> Self {
         Conn {
@@ -87,6 +132,11 @@ impl Conn {
             dirty: false,
             write_blocked: false,
             read_pending: false,
+            read_paused: false,
+            subscribes_sent: 0,
+            subscribes_answered: 0,
+            held: VecDeque::new(),
+            held_bytes: 0,
         }
     }
 }

@@ -49,6 +49,11 @@ const HOUSEKEEPING: Duration = Duration::from_millis(100);
 const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// How long a closing connection may take to flush its last frames.
 const CLOSING_TIMEOUT_MS: u64 = 2_000;
+/// Replies (acks, errors, pongs) waiting unread, in multiples of the outbound
+/// budget: past 1x the client's input is no longer read until they drain;
+/// past this, reached within one read, the client is cut (1008): it sends
+/// requests faster than it reads the answers.
+const CONTROL_BUDGETS_MAX: usize = 4;
 /// A queue that grew past this many frames is freed when it empties, so a
 /// burst does not pin memory on an idle connection.
 const QUEUE_KEEP_FRAMES: usize = 1024;
@@ -372,11 +377,18 @@ impl Worker {
             self.accept();
             return;
         }
+        let budget = self.ctx.config.outbound_budget;
         for _ in 0..READS_PER_TURN {
             let Some(conn) = self.conns.get_mut(slot as usize) else {
                 return;
             };
             conn.read_pending = false;
+            if conn.reply_bytes() > budget {
+                // Its replies are not being read: leave its requests in the
+                // socket (TCP backpressure) until the flush resumes reading.
+                conn.read_paused = true;
+                return;
+            }
             let n = match conn.stream.read(&mut self.scratch) {
                 Ok(0) => {
                     self.close(slot);
@@ -419,11 +431,23 @@ impl Worker {
     /// Acts on the client events the last read produced.
     fn apply_events(&mut self, slot: u32) {
         let events = std::mem::take(&mut self.ctx.events);
+        let control_max = CONTROL_BUDGETS_MAX * self.ctx.config.outbound_budget;
         for ev in &events {
             let Some(conn) = self.conns.get_mut(slot as usize) else {
                 break;
             };
             if conn.phase != Phase::Open {
+                break;
+            }
+            if conn.reply_bytes() > control_max {
+                self.ctx.counters.protocol_closes += 1;
+                conn.out.truncate_to_partial();
+                conn.out.push_control(Frame::control(frame::close(
+                    CloseCode::Policy,
+                    "too many requests: the client does not read the replies",
+                )));
+                self.ctx.enter_closing(conn);
+                mark_dirty(&mut self.ctx.dirty, conn, slot);
                 break;
             }
             match ev {
@@ -434,11 +458,11 @@ impl Worker {
                         "unsupported",
                         "binary messages are not supported: send JSON text",
                     );
-                    conn.out.push_control(Frame::control(f));
+                    conn.reply(Frame::control(f));
                 }
                 OwnedEvent::Ping(payload) => {
                     conn.out
-                        .push_control(Frame::control(frame::build(frame::OPCODE_PONG, payload)));
+                        .push_pong(Frame::control(frame::build(frame::OPCODE_PONG, payload)));
                 }
                 OwnedEvent::Pong => {}
                 OwnedEvent::Close(code) => {
@@ -563,8 +587,13 @@ impl Worker {
                     acked.push(name);
                     continue;
                 }
-                // Unsubscribed while the request was in flight.
-                None => continue,
+                // Unsubscribed while the request was in flight: the client
+                // asked for both, so both are acked (the unsubscribe ack is
+                // held behind this one), but nothing is activated.
+                None => {
+                    acked.push(name);
+                    continue;
+                }
             }
             let Some((id, snapshot)) = resolved else {
                 conn.subs.remove(&name);
@@ -597,6 +626,7 @@ impl Worker {
                 self.ctx.counters.conflated += 1;
             }
         }
+        conn.release_held();
         mark_dirty(&mut self.ctx.dirty, conn, slot);
     }
 
@@ -634,7 +664,13 @@ impl Worker {
             self.ctx.config.conflate_on_block,
         ) {
             Ok(Flushed::Drained) if conn.phase == Phase::Closing => self.close(slot),
-            Ok(_) => {}
+            Ok(_) => {
+                if conn.read_paused && conn.reply_bytes() <= self.ctx.config.outbound_budget / 2 {
+                    conn.read_paused = false;
+                    conn.read_pending = true;
+                    self.ctx.read_retry.push(slot);
+                }
+            }
             Err(()) => self.close(slot),
         }
     }
@@ -954,8 +990,7 @@ impl Ctx {
                         new.len(),
                         conn.subs.len()
                     );
-                    conn.out
-                        .push_control(Frame::control(conn::error_frame("too_many_channels", &msg)));
+                    conn.reply(Frame::control(conn::error_frame("too_many_channels", &msg)));
                     return;
                 }
                 for n in new {
@@ -963,6 +998,7 @@ impl Ctx {
                 }
                 // The ack waits for the ingest thread's reply: "subscribed"
                 // means live, and every later update of these channels follows.
+                conn.subscribes_sent += 1;
                 self.control_backlog.push_back(ToIngest::Subscribe {
                     worker: self.id,
                     conn: conn.key,
@@ -976,13 +1012,11 @@ impl Ctx {
                         conn.out.forget_channel(id);
                     }
                 }
-                conn.out
-                    .push_control(Frame::control(conn::ack_frame("unsubscribed", &names)));
+                conn.reply(Frame::control(conn::ack_frame("unsubscribed", &names)));
             }
             Err(e) => {
                 self.counters.client_errors += 1;
-                conn.out
-                    .push_control(Frame::control(conn::error_frame(e.code, &e.message)));
+                conn.reply(Frame::control(conn::error_frame(e.code, &e.message)));
             }
         }
     }

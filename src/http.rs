@@ -6,6 +6,8 @@ use bytes::Bytes;
 
 /// Longest request head accepted; longer gets 431.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// Most headers in a request head; more gets 431. Browsers send about 15.
+pub const MAX_HEADERS: usize = 64;
 
 /// What a request head asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,9 +46,13 @@ pub enum Response {
 
 /// Parses the request head in `buf`. `Ok(None)`: incomplete, read more.
 pub fn parse(buf: &[u8]) -> Option<Request> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
+        // A head that arrived whole in one read is held to the same limit.
+        Ok(httparse::Status::Complete(n)) if n > MAX_REQUEST_HEAD => {
+            return Some(Request::Respond(Response::HeadTooLarge));
+        }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() > MAX_REQUEST_HEAD {
@@ -70,6 +76,10 @@ pub fn parse(buf: &[u8]) -> Option<Request> {
         return Some(Request::Respond(Response::MethodNotAllowed));
     }
     let resp = match path {
+        // RFC 6455 4.1: the handshake is a GET.
+        "/ws" if method == "HEAD" => {
+            Response::UpgradeRequired("the WebSocket handshake is a GET request")
+        }
         "/ws" => return Some(upgrade(req.headers, head_len)),
         "/healthz" => Response::Health,
         "/metrics" => Response::Metrics,
@@ -103,7 +113,8 @@ fn upgrade(headers: &[httparse::Header<'_>], head_len: usize) -> Request {
         _ => return bad("missing Connection: Upgrade"),
     }
     if header(headers, "Sec-WebSocket-Version") != Some(b"13") {
-        return Request::Respond(Response::BadRequest("Sec-WebSocket-Version must be 13"));
+        // 400 with the version we speak (RFC 6455 4.4).
+        return bad("Sec-WebSocket-Version must be 13");
     }
     let Some(key) = header(headers, "Sec-WebSocket-Key") else {
         return Request::Respond(Response::BadRequest("missing Sec-WebSocket-Key"));
@@ -190,13 +201,37 @@ mod tests {
             r(
                 "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Version: 8\r\n\r\n"
             ),
-            Some(Request::Respond(Response::BadRequest(_)))
+            Some(Request::Respond(Response::UpgradeRequired(
+                "Sec-WebSocket-Version must be 13"
+            )))
         ));
+        let upgrade = std::str::from_utf8(UPGRADE).unwrap();
+        assert!(matches!(r(upgrade), Some(Request::Upgrade { .. })));
+        assert_eq!(
+            r(&upgrade.replacen("GET", "HEAD", 1)),
+            Some(Request::Respond(Response::UpgradeRequired(
+                "the WebSocket handshake is a GET request"
+            )))
+        );
         assert!(matches!(
             r("\x01\x02 garbage\r\n\r\n"),
             Some(Request::Respond(Response::BadRequest(_)))
         ));
         let long = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_REQUEST_HEAD));
         assert_eq!(r(&long), Some(Request::Respond(Response::HeadTooLarge)));
+        // Complete in one read, still over the limit.
+        let whole = format!("{long}\r\n");
+        assert_eq!(r(&whole), Some(Request::Respond(Response::HeadTooLarge)));
+        let at_limit = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_REQUEST_HEAD - 23)
+        );
+        assert_eq!(at_limit.len(), MAX_REQUEST_HEAD);
+        assert_eq!(r(&at_limit), Some(Request::Respond(Response::Index)));
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("H{i}: v\r\n"))
+            .collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(r(&many), Some(Request::Respond(Response::HeadTooLarge)));
     }
 }

@@ -63,6 +63,10 @@ pub struct Sequencer {
     by_name: HashMap<Box<[u8]>, ChannelId>,
     channels: Vec<ChannelState>,
     max_channels: usize,
+    /// Channels created by a subscribe that no feed has published yet. They
+    /// have a pool of their own (also `max_channels`), so clients asking for
+    /// made-up names can never take the table from the feeds.
+    unpublished: usize,
     scratch: Vec<u8>,
     buffers: Buffers,
     tape: Option<Tape<'static>>,
@@ -83,6 +87,7 @@ impl Sequencer {
             by_name: HashMap::new(),
             channels: Vec::new(),
             max_channels,
+            unpublished: 0,
             scratch: Vec::with_capacity(4096),
             buffers: Buffers::new(4096),
             tape: Some(Tape::null().reset()),
@@ -132,8 +137,23 @@ impl Sequencer {
         };
         self.tape = Some(tape.reset());
         let id = match found? {
-            Lookup::Known(id) => id,
-            Lookup::New(buf, len) => self.create(&buf[..len])?,
+            Lookup::Known(id) => {
+                if self.channels[id.index()].last.is_none() {
+                    // First value of a channel a subscriber created: it moves
+                    // to the feeds' pool.
+                    if self.published() >= self.max_channels {
+                        return Err(Reject::ChannelLimit);
+                    }
+                    self.unpublished -= 1;
+                }
+                id
+            }
+            Lookup::New(buf, len) => {
+                if self.published() >= self.max_channels {
+                    return Err(Reject::ChannelLimit);
+                }
+                self.create(&buf[..len])?
+            }
         };
         let state = &mut self.channels[id.index()];
         state.seq += 1;
@@ -179,10 +199,12 @@ impl Sequencer {
         Err(Reject::MissingChannel)
     }
 
+    /// Channels with a value.
+    fn published(&self) -> usize {
+        self.channels.len() - self.unpublished
+    }
+
     fn create(&mut self, name: &[u8]) -> Result<ChannelId, Reject> {
-        if self.channels.len() >= self.max_channels {
-            return Err(Reject::ChannelLimit);
-        }
         let id = ChannelId(self.channels.len() as u32);
         let name: Box<str> = std::str::from_utf8(name)
             .map_err(|_| Reject::BadChannel)?
@@ -202,7 +224,12 @@ impl Sequencer {
         debug_assert!(channel::is_valid(name.as_bytes()));
         match self.by_name.get(name.as_bytes()) {
             Some(&id) => Some(id),
-            None => self.create(name.as_bytes()).ok(),
+            None if self.unpublished < self.max_channels => {
+                let id = self.create(name.as_bytes()).ok()?;
+                self.unpublished += 1;
+                Some(id)
+            }
+            None => None,
         }
     }
 
@@ -716,7 +743,35 @@ mod tests {
             id
         );
         assert!(s.resolve("OTHER").is_some());
-        assert!(s.resolve("THIRD").is_none());
+        assert!(s.resolve("THIRD").is_some());
+        // Two unpublished channels fill the subscribers' pool...
+        assert!(s.resolve("FOURTH").is_none());
+        assert!(s.resolve("NEW").is_some(), "known channels still resolve");
+        // ...but not the feeds': one more published channel fits.
+        assert!(s.accept(br#"{"ch":"FEED"}"#, 0).unwrap().is_some());
+        assert_eq!(
+            s.accept(br#"{"ch":"FEED2"}"#, 0).err(),
+            Some(Reject::ChannelLimit)
+        );
+        // Publishing into a subscriber's channel needs room in the feeds' pool.
+        assert_eq!(
+            s.accept(br#"{"ch":"OTHER"}"#, 0).err(),
+            Some(Reject::ChannelLimit)
+        );
+        assert!(s.accept(br#"{"ch":"NEW"}"#, 0).unwrap().is_some());
+    }
+
+    #[test]
+    fn clients_cannot_take_the_channel_table_from_feeds() {
+        let mut s = Sequencer::new(100);
+        for i in 0..1000 {
+            let _ = s.resolve(&format!("MADE.UP.{i}"));
+        }
+        for i in 0..100 {
+            let line = format!(r#"{{"ch":"REAL{i}"}}"#);
+            assert!(s.accept(line.as_bytes(), 0).unwrap().is_some(), "{line}");
+        }
+        assert_eq!(s.channel_count(), 200);
     }
 
     #[test]
