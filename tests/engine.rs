@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -368,90 +369,220 @@ fn a_thousand_clients_each_receive_every_tick_of_their_channel_in_order() {
     assert_eq!(delivered, (clients as u64 * ticks_per_channel) as f64);
 }
 
-/// A client that stops reading gets conflated updates: when it reads again it
-/// catches up to the newest value of every channel, its seqs jump instead of
-/// replaying a backlog, the server's memory stays bounded, and a fast client
-/// on the same channels still receives every tick.
+/// The head of an update frame, `{"type":"update","ch":C,"seq":N,"data":D}`,
+/// parsed without parsing a large `data`; checks that `data` is the tick
+/// ingested for that seq (these feeds number each channel's ticks `i` = seq).
+fn big_update_of(text: &str) -> (String, u64) {
+    let at = text
+        .find(r#","data":"#)
+        .unwrap_or_else(|| panic!("no data in {:.200}", text));
+    let head: Value = serde_json::from_str(&format!("{}}}", &text[..at])).expect("update head");
+    let (ch, seq) = update_of(&head);
+    let want = format!(r#"{{"ch":"{ch}","i":{seq},"#);
+    assert!(
+        text[at + 8..].starts_with(&want),
+        "{ch} seq {seq} carries {:.60}",
+        &text[at + 8..]
+    );
+    (ch, seq)
+}
+
+/// A client that stops reading gets conflated updates: while the feed offers
+/// it many times its memory bound, the engine holds at most its budget plus
+/// one frame per channel for it; when it reads again it gets the newest value
+/// of every channel (its seqs jump instead of replaying a backlog); and fast
+/// clients on the same channels and the same worker still receive every tick.
 #[test]
 fn slow_consumer_is_conflated_with_bounded_memory_and_fast_clients_unaffected() {
-    // The budget mode: a client whose socket blocks keeps its updates in
-    // order up to 4 MiB, which lets the fast client ride out this burst even
-    // in a debug build (conflating on block is covered by the test below).
+    const CHANNELS: usize = 50;
+    const PER_CHANNEL: u64 = 400;
+    const PAD: usize = 8_000;
+    const BUDGET: u64 = 2 << 20;
+    const SNDBUF: u64 = 64 << 10;
+    const SLOW_RCVBUF: usize = 4096;
+    // In-order queueing up to the budget (no conflating on a blocked socket):
+    // the fast clients, never more than two rounds (~0.8 MB) behind the feed
+    // (see below), stay far below the budget and so cannot lose a tick
+    // however they are scheduled; the stalled client's queue reaches it and
+    // conflates.
     let srv = Server::start(&[
         "--workers",
         "1",
         "--outbound-budget",
-        "4MiB",
+        "2MiB",
         "--conflate-on-block",
         "false",
+        "--socket-send-buffer",
+        "64KiB",
+        "--socket-notsent-lowat",
+        "16KiB",
+        "--slow-consumer-timeout",
+        "10m",
+        "--idle-timeout",
+        "10m",
     ]);
-    let names: Vec<String> = (0..20).map(|i| format!("K{i}")).collect();
+    let names: Vec<String> = (0..CHANNELS).map(|i| format!("K{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    // The slow client's tiny receive buffer and the fast client's large one
-    // make the outcome independent of scheduling: the fast one has megabytes
-    // of slack, the slow one backs up into the engine within ~1 MB.
-    let mut slow = RawWs::connect_with_rcvbuf(srv.listen, 4096);
+    let total = PER_CHANNEL * CHANNELS as u64;
+    let mut slow = RawWs::connect_with_rcvbuf(srv.listen, SLOW_RCVBUF);
     let sub = json!({"op":"subscribe","channels":refs}).to_string();
     slow.send_frame(0x81, sub.as_bytes(), true);
     let (_, ack) = slow.read_frame().unwrap();
     assert!(String::from_utf8_lossy(&ack).contains("subscribed"));
-    let mut fast = Client::connect_with_rcvbuf(srv.listen, 4 << 20);
-    fast.subscribe(&refs);
-    let per_channel = 1_000u64;
-    let total = per_channel * names.len() as u64;
-    let fast_thread = std::thread::spawn(move || {
-        let mut last: HashMap<String, u64> = HashMap::new();
-        for _ in 0..total {
-            let (ch, seq) = update_of(&fast.recv());
-            let prev = last.insert(ch.clone(), seq).unwrap_or(0);
-            assert_eq!(seq, prev + 1, "fast client gap on {ch}");
-        }
-    });
-    let rss_before = srv.rss_kib();
-    // ~600-byte ticks: 12 MB offered to a client that reads nothing: more than
-    // twice its budget plus socket buffers; the fast client has ~4.5 MB of
-    // slack (budget + send buffer) before it could conflate.
-    let pad = "x".repeat(540);
+    let mut fast_clients: Vec<Client> = (0..2).map(|_| Client::connect(srv.listen)).collect();
+    for c in &mut fast_clients {
+        c.subscribe(&refs);
+    }
+
+    // Warm-up on a channel nobody subscribes to, so that what RSS gains from
+    // here on is what the connections hold: the ingest ring (64K slots) wraps,
+    // and the allocator has served frames of this size before.
+    let pad = "x".repeat(PAD);
     let mut feed = Feed::connect(srv.ingest);
+    let warm = 70_000u64;
     let mut batch = String::new();
-    for i in 1..=per_channel {
+    for i in 1..=warm {
+        if i % 100 == 0 {
+            batch.push_str(&format!(r#"{{"ch":"WARM","i":{i},"pad":"{pad}"}}"#));
+            batch.push('\n');
+        } else {
+            batch.push_str(&tick("WARM", i));
+            batch.push('\n');
+        }
+        if i % 1000 == 0 {
+            feed.send_raw(batch.as_bytes());
+            batch.clear();
+        }
+    }
+    srv.wait_metric(
+        "tickwire_ingest_messages_total",
+        |v| v >= warm as f64,
+        Duration::from_secs(10),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let rss_before = srv.rss_kib();
+    let bytes_before = srv.metric("tickwire_ingest_bytes_total");
+
+    let received: Vec<Arc<AtomicU64>> = (0..fast_clients.len())
+        .map(|_| Arc::new(AtomicU64::new(0)))
+        .collect();
+    let fast_threads: Vec<_> = fast_clients
+        .into_iter()
+        .zip(&received)
+        .enumerate()
+        .map(|(k, (mut c, n))| {
+            let n = Arc::clone(n);
+            std::thread::spawn(move || {
+                let mut last: HashMap<String, u64> = HashMap::new();
+                for got in 1..=total {
+                    let (ch, seq) = big_update_of(&c.recv_text());
+                    let prev = last.insert(ch.clone(), seq).unwrap_or(0);
+                    assert_eq!(seq, prev + 1, "fast client {k} gap on {ch}");
+                    n.store(got, Ordering::Release);
+                }
+            })
+        })
+        .collect();
+
+    // One tick per channel per round; a round goes out only once both fast
+    // clients are within one round of the feed. The stalled client reads
+    // nothing all along.
+    let round = CHANNELS as u64;
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let (mut sent, mut offered) = (0u64, 0u64);
+    let mut rss_peak = rss_before;
+    'feed: for i in 1..=PER_CHANNEL {
+        while received
+            .iter()
+            .any(|n| n.load(Ordering::Acquire) + round < sent)
+        {
+            if fast_threads.iter().any(|t| t.is_finished()) {
+                break 'feed; // it panicked: joined below
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fast clients stalled: {:?} of {sent} sent",
+                received
+                    .iter()
+                    .map(|n| n.load(Ordering::Relaxed))
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        batch.clear();
         for n in &names {
             batch.push_str(&format!(r#"{{"ch":"{n}","i":{i},"pad":"{pad}"}}"#));
             batch.push('\n');
         }
-        if i % 50 == 0 {
-            feed.send_raw(batch.as_bytes());
-            batch.clear();
-            std::thread::sleep(Duration::from_millis(30));
+        feed.send_raw(batch.as_bytes());
+        sent += round;
+        offered += batch.len() as u64;
+        rss_peak = rss_peak.max(srv.rss_kib());
+    }
+    for t in fast_threads {
+        if let Err(e) = t.join() {
+            std::panic::resume_unwind(e);
         }
     }
-    fast_thread.join().unwrap();
-    let rss_after = srv.rss_kib();
+    // Both fast clients got every tick in order, so the feed is fanned out:
+    // the stalled client's queue holds all it will get.
+    assert!(offered >= 150_000_000, "offered only {offered} bytes");
+    let ingested = srv.wait_metric(
+        "tickwire_ingest_bytes_total",
+        |v| v - bytes_before >= offered as f64,
+        Duration::from_secs(5),
+    ) - bytes_before;
+    assert_eq!(ingested, offered as f64, "ingested bytes");
+    rss_peak = rss_peak.max(srv.rss_kib());
+
+    // The documented bound: budget + one frame per subscribed channel, per
+    // connection (the fast clients' queues stay below it too). Socket
+    // buffers are kernel memory, outside VmRSS. The slack covers transient
+    // turn buffers (coalescing packs up to 32 KiB per channel per turn) and
+    // the allocator's fragmentation.
+    let frame = PAD as u64 + 100;
+    let per_conn = BUDGET + CHANNELS as u64 * frame;
+    let slack = 8 << 20;
+    let bound = 3 * per_conn + slack;
+    let growth = (rss_peak - rss_before) * 1024;
+    eprintln!(
+        "offered {offered} bytes to a stalled client; RSS grew {growth} bytes (peak {rss_peak} KiB), bound {bound}"
+    );
+    assert!(
+        growth < bound,
+        "RSS grew {growth} bytes while {offered} were offered to a stalled client (bound {bound}, before {rss_before} KiB)"
+    );
+
     let conflated = srv.wait_metric(
         "tickwire_conflated_total",
         |v| v > 0.0,
         Duration::from_secs(5),
     );
     assert!(conflated > 0.0, "nothing conflated");
-    let growth = rss_after.saturating_sub(rss_before);
-    assert!(
-        growth < 24 * 1024,
-        "RSS grew {growth} KiB for a stalled client (before {rss_before} KiB)"
-    );
-    // Now the slow client reads: it ends with the newest value of each channel.
+
+    // Now the stalled client reads: it ends with the newest value of every
+    // channel, having read no more than the engine may hold for it plus what
+    // sits in the socket buffers (2x for the kernel's accounting).
     let mut last: HashMap<String, u64> = HashMap::new();
-    let mut frames = 0u64;
-    while last.len() < names.len() || last.values().any(|&s| s < per_channel) {
+    let (mut frames, mut bytes) = (0u64, 0u64);
+    while last.len() < CHANNELS || last.values().any(|&s| s < PER_CHANNEL) {
         let (op, p) = slow.read_frame().expect("slow client frame");
+        bytes += p.len() as u64 + 4;
         if op != 1 {
             continue;
         }
         frames += 1;
-        let v: Value = serde_json::from_slice(&p).unwrap();
-        let (ch, seq) = update_of(&v);
+        let (ch, seq) = big_update_of(std::str::from_utf8(&p).unwrap());
+        assert!(seq <= PER_CHANNEL, "{ch} seq {seq}");
         let prev = last.insert(ch.clone(), seq).unwrap_or(0);
         assert!(seq > prev, "{ch} went backwards: {prev} -> {seq}");
     }
+    let held = per_conn + 2 * SNDBUF + 2 * SLOW_RCVBUF as u64 + (64 << 10);
+    eprintln!("stalled client read {frames} updates, {bytes} bytes, to reach the newest");
+    assert!(
+        bytes < held,
+        "stalled client read {bytes} bytes ({frames} updates) to reach the newest: more than budget + a frame per channel + socket buffers ({held})"
+    );
     assert!(
         frames < total,
         "slow client got every tick ({frames}): no conflation"
@@ -605,28 +736,99 @@ fn blocked_consumer_is_closed_after_slow_consumer_timeout() {
     assert!(reason.contains("slow consumer"), "{reason}");
 }
 
+/// SIGTERM: the engine stops accepting, flushes what it queued, sends every
+/// client close 1001 after its last update, and exits 0 within 5 s.
 #[test]
 fn sigterm_sends_1001_to_every_client_and_exits_zero() {
-    let mut srv = Server::start(&[]);
-    let mut clients: Vec<Client> = (0..10).map(|_| Client::connect(srv.listen)).collect();
-    for c in &mut clients {
+    // Clients queue in order up to a budget larger than the burst below, and
+    // their small receive buffers leave most of it in the engine's queues at
+    // the signal: only a flush delivers it.
+    let mut srv = Server::start(&[
+        "--outbound-budget",
+        "8MiB",
+        "--conflate-on-block",
+        "false",
+        "--socket-send-buffer",
+        "64KiB",
+    ]);
+    let n = 4_000u64;
+    let connect = |srv: &Server| {
+        let mut c = Client::connect_with_rcvbuf(srv.listen, 16 << 10);
         c.subscribe(&["G"]);
+        c
+    };
+    // `held` reads nothing until the listener has been probed, which keeps
+    // the engine draining meanwhile; the others are read right after the
+    // signal. Their close frames show that the workers serving them have
+    // begun shutting down, so enough of them that each worker serves one:
+    // at least 3 on each (the /metrics request may count as one, `held` as
+    // another).
+    let held = connect(&srv);
+    let mut clients: Vec<Client> = Vec::new();
+    loop {
+        clients.push(connect(&srv));
+        let per_worker =
+            |w: usize| srv.metric_label("tickwire_worker_connections", &format!("worker=\"{w}\""));
+        if clients.len() >= 8 && per_worker(0) >= 3.0 && per_worker(1) >= 3.0 {
+            break;
+        }
+        assert!(clients.len() < 64, "connections all land on one worker");
     }
+    let mut feed = Feed::connect(srv.ingest);
+    let mut batch = String::new();
+    for i in 1..=n {
+        batch.push_str(&tick("G", i));
+        batch.push('\n');
+    }
+    feed.send_raw(batch.as_bytes());
+    let ingested = srv.wait_metric(
+        "tickwire_ingest_messages_total",
+        |v| v >= n as f64,
+        Duration::from_secs(10),
+    );
+    assert_eq!(ingested, n as f64);
+
     let start = Instant::now();
     srv.signal(libc::SIGTERM);
-    for c in &mut clients {
+    // Every update published before the signal, in order, then close 1001.
+    let drained = |c: &mut Client, who: &str| {
+        for want in 1..=n {
+            match c.ws.read() {
+                Ok(tungstenite::Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    assert_eq!(update_of(&v), ("G".into(), want), "{who}");
+                }
+                Ok(tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_)) => {}
+                Ok(other) => panic!("{who}: {other:?} after {} of {n} updates", want - 1),
+                Err(e) => panic!("{who}: {e} after {} of {n} updates", want - 1),
+            }
+        }
         let close = c.expect_close().expect("close frame");
-        assert_eq!(u16::from(close.code), 1001);
+        assert_eq!(u16::from(close.code), 1001, "{who}: {close:?}");
+    };
+    for (k, c) in clients.iter_mut().enumerate() {
+        drained(c, &format!("client {k}"));
     }
-    let status = srv
-        .wait_exit(Duration::from_secs(5))
-        .expect("exited within 5 s");
-    assert!(status.success(), "{status:?}");
-    assert!(start.elapsed() < Duration::from_secs(5));
-    assert!(
-        std::net::TcpStream::connect(srv.listen).is_err(),
-        "still accepting"
+    // Still draining (`held` waits): a new connection must not be served.
+    assert!(srv.is_running(), "exited before draining a client");
+    let probe = try_ws_upgrade(srv.listen, Duration::from_millis(500));
+    assert!(srv.is_running(), "exited before draining a client");
+    if let Ok(status) = &probe {
+        assert!(
+            !status.contains(" 101 "),
+            "upgraded a new connection after SIGTERM: {status}"
+        );
+    }
+    eprintln!(
+        "probe during the drain, {:?} after SIGTERM: {probe:?}",
+        start.elapsed()
     );
+    let mut held = held;
+    drained(&mut held, "held client");
+    let left = Duration::from_secs(5).saturating_sub(start.elapsed());
+    let status = srv.wait_exit(left).expect("exited within 5 s");
+    assert!(status.success(), "{status:?}");
+    eprintln!("exited {:?} after SIGTERM", start.elapsed());
 }
 
 #[test]

@@ -78,6 +78,11 @@ impl Server {
         assert_eq!(rc, 0);
     }
 
+    /// Whether the process is still running (not exited, reaped or not).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     /// Waits for the process to exit; returns its status.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
@@ -153,6 +158,27 @@ pub fn http_request(addr: SocketAddr, req: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Attempts a WebSocket upgrade at `addr`: `Ok(status line)` if the server
+/// answered the request, `Err(what happened)` if the connection was refused,
+/// reset or closed, or no answer came within `timeout`.
+pub fn try_ws_upgrade(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        match s.read(&mut chunk) {
+            Ok(0) => return Err("closed without an answer".into()),
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    Ok(text.lines().next().unwrap_or_default().to_string())
 }
 
 /// A feed handler connection.
@@ -237,9 +263,14 @@ impl Client {
 
     /// Next JSON text message (pings are answered by tungstenite).
     pub fn recv(&mut self) -> Value {
+        serde_json::from_str(&self.recv_text()).expect("json")
+    }
+
+    /// Next text message, unparsed (pings are answered by tungstenite).
+    pub fn recv_text(&mut self) -> String {
         loop {
             match self.ws.read().expect("ws read") {
-                Message::Text(t) => return serde_json::from_str(&t).expect("json"),
+                Message::Text(t) => return t.to_string(),
                 Message::Ping(_) | Message::Pong(_) => {}
                 other => panic!("unexpected message {other:?}"),
             }
