@@ -50,6 +50,11 @@ fn main() -> Result<()> {
         &rel_plots,
         &figs,
     );
+    let mut md = md;
+    let micro = out.with_file_name("MICROBENCH.md");
+    if let Ok(text) = fs::read_to_string(&micro) {
+        md.push_str(&microbench_section(&text));
+    }
     fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
     eprintln!(
         "perfreport: wrote {} and {} plot(s) in {}",
@@ -58,6 +63,24 @@ fn main() -> Result<()> {
         shown_path(&plots_dir)
     );
     Ok(())
+}
+
+/// The criterion table of MICROBENCH.md (kept by hand from `cargo bench`,
+/// which this report does not run), so RESULTS.md holds every figure.
+fn microbench_section(text: &str) -> String {
+    let table: Vec<&str> = text.lines().filter(|l| l.starts_with('|')).collect();
+    if table.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n## Engine microbenchmarks (criterion)\n\nCopied from [MICROBENCH.md](MICROBENCH.md) \
+         (method, date and reading there); `cargo bench -p tickwire` reproduces them.\n\n",
+    );
+    for l in table {
+        md.push_str(l);
+        md.push('\n');
+    }
+    md
 }
 
 /// A path as written in the report: relative to the current directory when possible,
@@ -214,7 +237,7 @@ fn render_markdown(
     let _ = writeln!(
         md,
         "Engine microbenchmarks (criterion: frame build, ingest line, ring hand-off, fan-out \
-         CPU per delivery, conflation) are in [MICROBENCH.md](MICROBENCH.md).\n"
+         CPU per delivery, conflation) close this page, from [MICROBENCH.md](MICROBENCH.md).\n"
     );
 
     summary(&mut md, run);
@@ -704,6 +727,16 @@ fn table_s5(md: &mut String, rs: &[&Value]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn microbench_table_is_copied_and_prose_is_not() {
+        let text = "# T\n\nprose\n\n| a | b |\n|---|---|\n| x | 1 ns |\n\nmore prose\n";
+        let md = microbench_section(text);
+        assert!(md.contains("| a | b |\n|---|---|\n| x | 1 ns |\n"));
+        assert!(!md.contains("prose\n\n|"));
+        assert!(!md.contains("more prose"));
+        assert_eq!(microbench_section("no table"), "");
+    }
 
     #[test]
     fn formats() {
