@@ -263,14 +263,9 @@ impl Client {
 
     /// Next JSON text message (pings are answered by tungstenite).
     pub fn recv(&mut self) -> Value {
-        serde_json::from_str(&self.recv_text()).expect("json")
-    }
-
-    /// Next text message, unparsed (pings are answered by tungstenite).
-    pub fn recv_text(&mut self) -> String {
         loop {
             match self.ws.read().expect("ws read") {
-                Message::Text(t) => return t.to_string(),
+                Message::Text(t) => return serde_json::from_str(&t).expect("json"),
                 Message::Ping(_) | Message::Pong(_) => {}
                 other => panic!("unexpected message {other:?}"),
             }
@@ -389,6 +384,13 @@ impl RawWs {
 
     /// Next server frame: (opcode, payload); None at EOF.
     pub fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        self.try_read_frame()
+            .unwrap_or_else(|e| panic!("raw read: {e}"))
+    }
+
+    /// Next server frame: (opcode, payload); None at EOF; `Err` on a read
+    /// error or timeout.
+    pub fn try_read_frame(&mut self) -> std::io::Result<Option<(u8, Vec<u8>)>> {
         loop {
             if self.buf.len() >= 2 {
                 let op = self.buf[0] & 0x0F;
@@ -406,14 +408,14 @@ impl RawWs {
                 if len != usize::MAX && self.buf.len() >= hdr + len {
                     let payload = self.buf[hdr..hdr + len].to_vec();
                     self.buf.drain(..hdr + len);
-                    return Some((op, payload));
+                    return Ok(Some((op, payload)));
                 }
             }
             let mut chunk = [0u8; 65536];
             match self.s.read(&mut chunk) {
-                Ok(0) => return None,
+                Ok(0) => return Ok(None),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) => panic!("raw read: {e}"),
+                Err(e) => return Err(e),
             }
         }
     }
