@@ -29,7 +29,7 @@ use crate::frame::{self, CloseCode};
 use crate::http::{self, Request, Response};
 use crate::metrics::{self, Metrics, WorkerCounters};
 use crate::pacing::{Pacer, SchedStat};
-use crate::ring::{ConnKey, Doorbell, SubscribeReply, ToIngest, ToWorker};
+use crate::ring::{ConnKey, Doorbell, RingBytes, SubscribeReply, ToIngest, ToWorker};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 /// The token a worker's waker must use.
@@ -74,6 +74,8 @@ pub struct WorkerParts {
     pub ingest_bell: Arc<Doorbell>,
     /// Its own doorbell.
     pub bell: Arc<Doorbell>,
+    /// Where it reports the frame bytes it took off its ring.
+    pub ring_bytes: Arc<RingBytes>,
     /// Shared metrics.
     pub metrics: Arc<Metrics>,
     /// Set to stop.
@@ -106,6 +108,8 @@ struct Ctx {
     now_ms: u64,
     next_generation: u32,
     index_html: Bytes,
+    /// Closing connections get the whole drain deadline, not the 2 s grace.
+    shutting_down: bool,
 }
 
 /// A client event copied out of the read buffer.
@@ -123,6 +127,9 @@ pub struct Worker {
     listener: Option<TcpListener>,
     from_ingest: Consumer<ToWorker>,
     bell: Arc<Doorbell>,
+    ring_bytes: Arc<RingBytes>,
+    /// Frame bytes taken off the ring since start.
+    ring_bytes_consumed: u64,
     shutdown: Arc<AtomicBool>,
     open_connections: Arc<AtomicUsize>,
     conns: Slab<Conn>,
@@ -147,6 +154,8 @@ impl Worker {
             listener: Some(listener),
             from_ingest: p.from_ingest,
             bell: p.bell,
+            ring_bytes: p.ring_bytes,
+            ring_bytes_consumed: 0,
             shutdown: p.shutdown,
             open_connections: p.open_connections,
             conns: Slab::with_capacity(1024),
@@ -173,6 +182,7 @@ impl Worker {
                 now_ms: 0,
                 next_generation: 0,
                 index_html: p.index_html,
+                shutting_down: false,
             },
             scratch: vec![0; READ_SCRATCH].into_boxed_slice(),
             epoch: clock::epoch(),
@@ -292,6 +302,9 @@ impl Worker {
                 .publish(&self.ctx.metrics.workers[self.ctx.id]);
             if self.shutdown.load(Ordering::Relaxed) {
                 let deadline = *drain_deadline.get_or_insert_with(|| {
+                    // Updates already in the ring (a paced turn may not have
+                    // drained it) go out before the 1001.
+                    self.drain_ring();
                     self.begin_shutdown();
                     self.ctx.now_ms + 4_000
                 });
@@ -483,6 +496,7 @@ impl Worker {
     }
 
     fn drain_ring(&mut self) {
+        let mut taken = 0u64;
         for _ in 0..RING_BATCH {
             let Ok(msg) = self.from_ingest.pop() else {
                 break;
@@ -494,6 +508,7 @@ impl Worker {
                     ingest_ns,
                     frame,
                 } => {
+                    taken += frame.len() as u64;
                     if self
                         .ctx
                         .index
@@ -513,6 +528,10 @@ impl Worker {
                     self.subscribed(*reply);
                 }
             }
+        }
+        if taken > 0 {
+            self.ring_bytes_consumed += taken;
+            self.ring_bytes.set_consumed(self.ring_bytes_consumed);
         }
         self.fan_out_coalesced();
         for slot in std::mem::take(&mut self.ctx.dead) {
@@ -708,7 +727,10 @@ impl Worker {
                     }
                 }
                 Phase::Closing => {
-                    if now.saturating_sub(conn.last_ping_ms) >= CLOSING_TIMEOUT_MS {
+                    // While shutting down, the drain deadline (4 s) applies.
+                    if !self.ctx.shutting_down
+                        && now.saturating_sub(conn.last_ping_ms) >= CLOSING_TIMEOUT_MS
+                    {
                         to_close.push(slot);
                     }
                 }
@@ -752,6 +774,7 @@ impl Worker {
     }
 
     fn begin_shutdown(&mut self) {
+        self.ctx.shutting_down = true;
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }

@@ -21,7 +21,9 @@ use slab::Slab;
 use crate::channel::{self, ChannelId};
 use crate::clock;
 use crate::metrics::{Metrics, Reject};
-use crate::ring::{Doorbell, Snapshot, SubscribeReply, ToIngest, ToWorker};
+use crate::ring::{
+    Doorbell, RingBytes, Snapshot, SubscribeReply, ToIngest, ToWorker, WORKER_RING_BYTES_MAX,
+};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -239,6 +241,12 @@ impl Sequencer {
     }
 }
 
+/// Whether a frame of `len` bytes may join `unread` bytes in a worker's ring:
+/// the bytes bound, except that one frame always fits in an empty ring.
+fn ring_has_room(unread: u64, len: u64) -> bool {
+    unread == 0 || unread + len <= WORKER_RING_BYTES_MAX
+}
+
 struct Feed {
     stream: TcpStream,
     buf: Box<[u8]>,
@@ -260,6 +268,9 @@ pub struct Ingest {
     sequencer: Sequencer,
     to_workers: Vec<Producer<ToWorker>>,
     worker_bells: Vec<Arc<Doorbell>>,
+    /// Per worker: frame bytes it has taken, and bytes pushed to it.
+    ring_bytes: Vec<Arc<RingBytes>>,
+    pushed_bytes: Vec<u64>,
     from_workers: Vec<Consumer<ToIngest>>,
     bell: Arc<Doorbell>,
     metrics: Arc<Metrics>,
@@ -282,6 +293,8 @@ pub struct IngestParts {
     pub to_workers: Vec<Producer<ToWorker>>,
     /// One doorbell per worker.
     pub worker_bells: Vec<Arc<Doorbell>>,
+    /// Per worker: frame bytes it has taken off its ring.
+    pub ring_bytes: Vec<Arc<RingBytes>>,
     /// One control consumer per worker.
     pub from_workers: Vec<Consumer<ToIngest>>,
     /// The ingest thread's own doorbell.
@@ -317,6 +330,8 @@ impl Ingest {
             sequencer: Sequencer::new(p.max_channels),
             to_workers: p.to_workers,
             worker_bells: p.worker_bells,
+            pushed_bytes: vec![0; p.ring_bytes.len()],
+            ring_bytes: p.ring_bytes,
             from_workers: p.from_workers,
             bell: p.bell,
             metrics: p.metrics,
@@ -536,9 +551,22 @@ impl Ingest {
     /// Pushes to a worker's ring, waiting while it is full. Waiting is the
     /// backpressure: the feed's TCP window closes and nothing is dropped.
     fn push(&mut self, worker: usize, mut msg: ToWorker) {
+        let len = match &msg {
+            ToWorker::Update { frame, .. } => frame.len() as u64,
+            ToWorker::Subscribed(_) => 0,
+        };
         loop {
-            match self.to_workers[worker].push(msg) {
-                Ok(()) => return,
+            let unread = self.pushed_bytes[worker] - self.ring_bytes[worker].consumed();
+            let pushed = if ring_has_room(unread, len) {
+                self.to_workers[worker].push(msg)
+            } else {
+                Err(PushError::Full(msg))
+            };
+            match pushed {
+                Ok(()) => {
+                    self.pushed_bytes[worker] += len;
+                    return;
+                }
                 Err(PushError::Full(back)) => {
                     msg = back;
                     self.ring_full_waits += 1;
@@ -759,6 +787,25 @@ mod tests {
             Some(Reject::ChannelLimit)
         );
         assert!(s.accept(br#"{"ch":"NEW"}"#, 0).unwrap().is_some());
+    }
+
+    #[test]
+    fn worker_ring_is_bounded_in_bytes() {
+        let max = WORKER_RING_BYTES_MAX;
+        assert!(ring_has_room(0, 4 * max), "one frame fits an empty ring");
+        assert!(ring_has_room(max - 100, 100));
+        assert!(!ring_has_room(max - 100, 101));
+        assert!(!ring_has_room(1, max));
+        // 64 KiB lines: the bytes bound, not the 65,536 slots, stops them.
+        let line = 64 * 1024 + 20;
+        let mut unread = 0;
+        let mut frames = 0;
+        while ring_has_room(unread, line) {
+            unread += line;
+            frames += 1;
+        }
+        assert!(frames < crate::ring::WORKER_RING_CAPACITY as u64);
+        assert!(unread <= max);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! its `mio::Waker` only when that loop may be asleep.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 
 use bytes::Bytes;
 use crossbeam::utils::CachePadded;
@@ -13,6 +13,9 @@ use crate::channel::ChannelId;
 /// Slots in each ingest → worker ring. At ~48 bytes a slot this is 3 MiB per
 /// worker, about 65 ms of a 1M msg/s feed: enough to ride out a scheduling hiccup.
 pub const WORKER_RING_CAPACITY: usize = 1 << 16;
+/// Frame bytes a worker's ring may hold: 65,536 slots of 64 KiB lines would
+/// be 4 GiB, so the ingest thread also waits while this much is unread.
+pub const WORKER_RING_BYTES_MAX: u64 = 32 << 20;
 /// Slots in each worker → ingest ring (subscribe requests are rare).
 pub const CONTROL_RING_CAPACITY: usize = 4096;
 
@@ -80,6 +83,35 @@ pub enum ToIngest {
         /// Valid channel names, deduplicated.
         names: Vec<Box<str>>,
     },
+}
+
+/// Frame bytes a worker has taken off its ring, for the ingest thread's
+/// byte bound. The worker stores its running total once per ring drain, not
+/// per message.
+#[derive(Debug, Default)]
+pub struct RingBytes {
+    consumed: CachePadded<AtomicU64>,
+}
+
+impl RingBytes {
+    /// A shared counter at zero.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Worker: the running total of frame bytes popped so far.
+    #[inline]
+    pub fn set_consumed(&self, total: u64) {
+        // Relaxed: a flow-control hint only; the ring itself orders the
+        // frames. A stale read makes the producer wait a little longer.
+        self.consumed.store(total, Ordering::Relaxed);
+    }
+
+    /// Ingest: the worker's running total.
+    #[inline]
+    pub fn consumed(&self) -> u64 {
+        self.consumed.load(Ordering::Relaxed)
+    }
 }
 
 /// Wakes a sleeping event loop. The consumer announces sleep, re-checks its

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::event_loop::{self, Worker, WorkerParts};
 use crate::ingest::{self, Ingest, IngestParts};
 use crate::metrics::Metrics;
-use crate::ring::{CONTROL_RING_CAPACITY, Doorbell, WORKER_RING_CAPACITY};
+use crate::ring::{CONTROL_RING_CAPACITY, Doorbell, RingBytes, WORKER_RING_CAPACITY};
 
 /// Listen backlog: a reconnect storm of thousands of clients must not overflow it.
 const BACKLOG: i32 = 4096;
@@ -98,6 +98,7 @@ impl Engine {
         let mut to_workers = Vec::with_capacity(n);
         let mut from_workers = Vec::with_capacity(n);
         let mut worker_bells = Vec::with_capacity(n);
+        let mut ring_bytes = Vec::with_capacity(n);
         let mut workers = Vec::with_capacity(n);
         for (id, listener) in listeners.into_iter().enumerate() {
             let poll = Poll::new()?;
@@ -107,7 +108,10 @@ impl Engine {
             to_workers.push(tx);
             from_workers.push(crx);
             worker_bells.push(Arc::clone(&bell));
+            let consumed = RingBytes::new();
+            ring_bytes.push(Arc::clone(&consumed));
             workers.push(WorkerParts {
+                ring_bytes: consumed,
                 id,
                 poll,
                 listener,
@@ -127,6 +131,7 @@ impl Engine {
             listener: ingest_listener,
             to_workers,
             worker_bells: worker_bells.clone(),
+            ring_bytes,
             from_workers,
             bell: Arc::clone(&ingest_bell),
             metrics: Arc::clone(&metrics),

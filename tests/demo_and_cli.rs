@@ -25,6 +25,7 @@ fn demo_feed_streams_realistic_quotes_and_fills_the_latency_histogram() {
     let mut last: HashMap<String, u64> = HashMap::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut updates = 0;
+    let mut gaps = 0u64;
     while updates < 200 {
         assert!(
             Instant::now() < deadline,
@@ -40,12 +41,21 @@ fn demo_feed_streams_realistic_quotes_and_fills_the_latency_histogram() {
         assert!(bid > 0.0 && ask > bid, "quote {d}");
         assert!(d["bid_size"].as_u64().unwrap() > 0 && d["ask_size"].as_u64().unwrap() > 0);
         if let Some(&prev) = last.get(&ch) {
-            assert_eq!(seq, prev + 1, "{ch}: a reading client misses nothing");
+            assert!(seq > prev, "{ch}: seq {seq} after {prev}");
+            gaps += seq - prev - 1;
         }
         last.insert(ch, seq);
         updates += 1;
     }
     assert_eq!(last.len(), 3, "all three symbols tick: {last:?}");
+    // A client that reads keeps up; on a loaded machine its socket may block
+    // for a moment, and then (only then) updates are conflated.
+    if gaps > 0 {
+        assert!(
+            srv.metric("tickwire_conflated_total") > 0.0,
+            "{gaps} updates skipped without conflation"
+        );
+    }
     // Workers merge their histograms into the shared one once a second (the
     // one serving /metrics merges its own on the spot).
     let deadline = Instant::now() + Duration::from_secs(5);
