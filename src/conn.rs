@@ -497,6 +497,14 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_connection_state_stays_small() {
+        // Part of the 1 KiB-per-idle-connection budget (README, S5).
+        let size = std::mem::size_of::<Conn>();
+        eprintln!("Conn is {size} bytes");
+        assert!(size <= 320, "Conn grew to {size} bytes");
+    }
+
+    #[test]
     fn client_messages_and_their_errors() {
         let ok =
             parse_client_message(br#"{"op":"subscribe","channels":["A","B","A"]}"#, 10).unwrap();

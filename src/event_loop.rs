@@ -454,13 +454,11 @@ impl Worker {
             }
             if conn.reply_bytes() > control_max {
                 self.ctx.counters.protocol_closes += 1;
-                conn.out.truncate_to_partial();
-                conn.out.push_control(Frame::control(frame::close(
-                    CloseCode::Policy,
+                self.ctx.cut(
+                    conn,
+                    slot,
                     "too many requests: the client does not read the replies",
-                )));
-                self.ctx.enter_closing(conn);
-                mark_dirty(&mut self.ctx.dirty, conn, slot);
+                );
                 break;
             }
             match ev {
@@ -739,16 +737,13 @@ impl Worker {
                         && now.saturating_sub(conn.stalled_since_ms) >= slow_ms
                     {
                         self.ctx.counters.slow_consumer_closes += 1;
-                        conn.out.truncate_to_partial();
                         let reason = format!(
                             "slow consumer: socket took no data for {}s while updates waited",
                             slow_ms / 1000
                         );
-                        conn.out
-                            .push_control(Frame::control(frame::close(CloseCode::Policy, &reason)));
-                        self.ctx.enter_closing(conn);
+                        self.ctx.cut(conn, slot, &reason);
+                        // Try the close frame once more even though it blocked.
                         conn.write_blocked = false;
-                        mark_dirty(&mut self.ctx.dirty, conn, slot);
                     } else if now.saturating_sub(conn.last_rx_ms) >= idle_ms {
                         self.ctx.counters.idle_closes += 1;
                         let reason =
@@ -1062,6 +1057,16 @@ impl Ctx {
             }
         }
         conn.subs = Default::default();
+    }
+
+    /// Closes with 1008 for a policy breach: what is queued is dropped (but a
+    /// half-written frame, which must finish), and the close frame follows.
+    fn cut(&mut self, conn: &mut Conn, slot: u32, reason: &str) {
+        conn.out.truncate_to_partial();
+        conn.out
+            .push_control(Frame::control(frame::close(CloseCode::Policy, reason)));
+        self.enter_closing(conn);
+        mark_dirty(&mut self.dirty, conn, slot);
     }
 
     /// Stops deliveries and marks the connection to close once its queue is
