@@ -73,11 +73,11 @@ pub struct Conn {
     /// Subscribe requests sent to the ingest thread, and replies seen: a
     /// reply made here while some are in flight waits in `held` so the
     /// client gets its answers in the order it asked.
-    pub subscribes_sent: u32,
+    pub subscribes_sent: u64,
     /// See `subscribes_sent`.
-    pub subscribes_answered: u32,
+    pub subscribes_answered: u64,
     /// Local replies waiting for subscribe reply number `.0` to go first.
-    pub held: VecDeque<(u32, FrameRef)>,
+    pub held: VecDeque<(u64, FrameRef)>,
     /// Bytes in `held`.
     pub held_bytes: usize,
 }
