@@ -586,12 +586,18 @@ impl Worker {
 
     fn subscribed(&mut self, reply: SubscribeReply) {
         let slot = reply.conn.slot;
-        let Some(conn) = self.conns.get_mut(slot as usize) else {
-            return;
-        };
-        if conn.key != reply.conn || conn.phase != Phase::Open {
+        let live = self
+            .conns
+            .get(slot as usize)
+            .is_some_and(|c| c.key == reply.conn && c.phase == Phase::Open);
+        if !live {
+            // Closed or closing meanwhile: every id it carried goes back.
+            let ids = reply.channels.iter().flatten().map(|(id, _)| *id).collect();
+            self.ctx.release(ids);
             return;
         }
+        let conn = &mut self.conns[slot as usize];
+        let mut returned: Vec<ChannelId> = Vec::new();
         let budget = self.ctx.config.outbound_budget;
         let mut refused: Vec<Box<str>> = Vec::new();
         let mut acked: Vec<Box<str>> = Vec::with_capacity(reply.names.len());
@@ -599,9 +605,11 @@ impl Worker {
         for (name, resolved) in reply.names.into_iter().zip(reply.channels) {
             match conn.subs.get(&name) {
                 Some(Sub::Pending) => {}
-                // Already live from an earlier request: ack, no second snapshot.
+                // Already live from an earlier request: ack, no second
+                // snapshot; the earlier reply's reference is the one kept.
                 Some(Sub::Active(_)) => {
                     acked.push(name);
+                    returned.extend(resolved.map(|(id, _)| id));
                     continue;
                 }
                 // Unsubscribed while the request was in flight: the client
@@ -609,6 +617,7 @@ impl Worker {
                 // held behind this one), but nothing is activated.
                 None => {
                     acked.push(name);
+                    returned.extend(resolved.map(|(id, _)| id));
                     continue;
                 }
             }
@@ -645,6 +654,7 @@ impl Worker {
         }
         conn.release_held();
         mark_dirty(&mut self.ctx.dirty, conn, slot);
+        self.ctx.release(returned);
     }
 
     /// Writes every connection marked dirty; returns how many were written.
@@ -1024,12 +1034,16 @@ impl Ctx {
                 });
             }
             Ok(ClientOp::Unsubscribe(names)) => {
+                let mut ended = Vec::new();
                 for n in &names {
                     if let Some(Sub::Active(id)) = conn.subs.remove(n) {
                         self.remove_subscriber(id, conn.key.slot);
                         conn.out.forget_channel(id);
+                        ended.push(id);
                     }
                 }
+                // A pending one is released when its reply finds it gone.
+                self.release(ended);
                 conn.reply(Frame::control(conn::ack_frame("unsubscribed", &names)));
             }
             Err(e) => {
@@ -1051,12 +1065,23 @@ impl Ctx {
     }
 
     fn unsubscribe_all(&mut self, conn: &mut Conn) {
+        let mut ended = Vec::new();
         for (_, sub) in conn.subs.drain() {
             if let Sub::Active(id) = sub {
                 self.remove_subscriber(id, conn.key.slot);
+                ended.push(id);
             }
         }
         conn.subs = Default::default();
+        self.release(ended);
+    }
+
+    /// Gives the ingest thread back the references these ids held.
+    fn release(&mut self, channels: Vec<ChannelId>) {
+        if !channels.is_empty() {
+            self.control_backlog
+                .push_back(ToIngest::Release { channels });
+        }
     }
 
     /// Closes with 1008 for a policy breach: what is queued is dropped (but a

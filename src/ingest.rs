@@ -58,6 +58,8 @@ struct ChannelState {
     name: Box<str>,
     seq: u64,
     last: Option<Snapshot>,
+    /// Ids handed out in subscribe replies and not yet released.
+    refs: u32,
 }
 
 /// Channel table, sequencing and frame building (sans-io).
@@ -69,6 +71,8 @@ pub struct Sequencer {
     /// have a pool of their own (also `max_channels`), so clients asking for
     /// made-up names can never take the table from the feeds.
     unpublished: usize,
+    /// Slots of forgotten channels, reused before the table grows.
+    free: Vec<ChannelId>,
     scratch: Vec<u8>,
     buffers: Buffers,
     tape: Option<Tape<'static>>,
@@ -90,6 +94,7 @@ impl Sequencer {
             channels: Vec::new(),
             max_channels,
             unpublished: 0,
+            free: Vec::new(),
             scratch: Vec::with_capacity(4096),
             buffers: Buffers::new(4096),
             tape: Some(Tape::null().reset()),
@@ -98,7 +103,7 @@ impl Sequencer {
 
     /// Channels known.
     pub fn channel_count(&self) -> usize {
-        self.channels.len()
+        self.channels.len() - self.free.len()
     }
 
     /// Validates one line (without its newline), sequences it and builds its
@@ -203,21 +208,53 @@ impl Sequencer {
 
     /// Channels with a value.
     fn published(&self) -> usize {
-        self.channels.len() - self.unpublished
+        self.channel_count() - self.unpublished
     }
 
     fn create(&mut self, name: &[u8]) -> Result<ChannelId, Reject> {
-        let id = ChannelId(self.channels.len() as u32);
         let name: Box<str> = std::str::from_utf8(name)
             .map_err(|_| Reject::BadChannel)?
             .into();
-        self.by_name.insert(name.as_bytes().into(), id);
-        self.channels.push(ChannelState {
+        let state = ChannelState {
             name,
             seq: 0,
             last: None,
-        });
+            refs: 0,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.channels[id.index()] = state;
+                id
+            }
+            None => {
+                self.channels.push(state);
+                ChannelId(self.channels.len() as u32 - 1)
+            }
+        };
+        let name = &self.channels[id.index()].name;
+        self.by_name.insert(name.as_bytes().into(), id);
         Ok(id)
+    }
+
+    /// A subscribe reply carries `id`: one more reference to it.
+    pub fn grant(&mut self, id: ChannelId) {
+        self.channels[id.index()].refs += 1;
+    }
+
+    /// A worker gave back a reference. A channel that no feed has published
+    /// and nobody holds is forgotten and its slot reused: its id is in no
+    /// worker's index and in no reply in flight, because every reply that
+    /// carried it has been answered with a release.
+    pub fn release(&mut self, id: ChannelId) {
+        let state = &mut self.channels[id.index()];
+        debug_assert!(state.refs > 0, "release without a grant");
+        state.refs = state.refs.saturating_sub(1);
+        if state.refs == 0 && state.last.is_none() {
+            self.by_name.remove(state.name.as_bytes());
+            state.name = Box::default();
+            self.free.push(id);
+            self.unpublished -= 1;
+        }
     }
 
     /// The id of `name`, creating the channel (no value yet) if needed; None
@@ -652,19 +689,28 @@ impl Ingest {
     fn serve_control(&mut self) -> bool {
         let mut served = false;
         for w in 0..self.from_workers.len() {
-            while let Ok(ToIngest::Subscribe {
-                worker,
-                conn,
-                names,
-            }) = self.from_workers[w].pop()
-            {
+            while let Ok(msg) = self.from_workers[w].pop() {
+                served = true;
+                let (worker, conn, names) = match msg {
+                    ToIngest::Subscribe {
+                        worker,
+                        conn,
+                        names,
+                    } => (worker, conn, names),
+                    ToIngest::Release { channels } => {
+                        for id in channels {
+                            self.sequencer.release(id);
+                        }
+                        continue;
+                    }
+                };
                 debug_assert_eq!(worker, w);
                 let channels = names
                     .iter()
                     .map(|n| {
-                        self.sequencer
-                            .resolve(n)
-                            .map(|id| (id, self.sequencer.snapshot(id)))
+                        let id = self.sequencer.resolve(n)?;
+                        self.sequencer.grant(id);
+                        Some((id, self.sequencer.snapshot(id)))
                     })
                     .collect();
                 let reply = ToWorker::Subscribed(Box::new(SubscribeReply {
@@ -674,7 +720,6 @@ impl Ingest {
                 }));
                 self.push(worker, reply);
                 self.worker_bells[worker].ring();
-                served = true;
             }
         }
         served
@@ -787,6 +832,40 @@ mod tests {
             Some(Reject::ChannelLimit)
         );
         assert!(s.accept(br#"{"ch":"NEW"}"#, 0).unwrap().is_some());
+    }
+
+    #[test]
+    fn released_channels_without_a_value_are_forgotten_and_their_slots_reused() {
+        let mut s = Sequencer::new(2);
+        let a = s.resolve("A").unwrap();
+        s.grant(a);
+        s.grant(a);
+        let b = s.resolve("B").unwrap();
+        s.grant(b);
+        assert!(s.resolve("C").is_none(), "the subscribers' pool is full");
+        s.release(a);
+        assert_eq!(s.channel_count(), 2, "A is still held once");
+        s.release(a);
+        assert_eq!(s.channel_count(), 1, "A is forgotten");
+        let c = s.resolve("C").expect("room again");
+        assert_eq!(c, a, "the slot is reused");
+        assert!(s.snapshot(c).is_none());
+        // A published channel keeps its last value whatever the references.
+        s.grant(b);
+        assert_eq!(s.accept(br#"{"ch":"B","x":1}"#, 0).unwrap().unwrap().seq, 1);
+        s.release(b);
+        s.release(b);
+        assert_eq!(s.snapshot(b).unwrap().seq, 1);
+        assert_eq!(s.resolve("B"), Some(b));
+        // A name that was forgotten starts again from seq 1 when published.
+        s.grant(c);
+        s.release(c);
+        assert_eq!(
+            s.accept(br#"{"ch":"A"}"#, 0).unwrap().unwrap().seq,
+            1,
+            "A is a new channel"
+        );
+        assert_eq!(s.channel_count(), 2);
     }
 
     #[test]

@@ -83,6 +83,14 @@ pub enum ToIngest {
         /// Valid channel names, deduplicated.
         names: Vec<Box<str>>,
     },
+    /// Gives back one reference per id: each id a subscribe reply carried is
+    /// a reference the worker holds until the subscription ends (or at once,
+    /// when it did not activate it). A channel without a value and without
+    /// references is forgotten, so made-up names do not fill the table.
+    Release {
+        /// The ids, one per reference (repeats allowed).
+        channels: Vec<ChannelId>,
+    },
 }
 
 /// Frame bytes a worker has taken off its ring, for the ingest thread's

@@ -174,6 +174,16 @@ fn clients_subscribing_to_made_up_names_cannot_starve_the_feeds() {
     let mut d = Client::connect(srv.listen);
     d.subscribe(&["REAL3"]);
     assert_eq!(d.recv()["ch"], "REAL3", "snapshot of a feed channel");
+    // Made-up names nobody holds any more are forgotten: after the
+    // unsubscribe, ten new ones fit (same connection, so the same worker
+    // hands the release to the ingest thread before the next request).
+    let ten: Vec<&str> = refs[..10].to_vec();
+    c.send(&json!({"op":"unsubscribe","channels":ten}));
+    assert_eq!(c.recv()["type"], "unsubscribed");
+    let fresh: Vec<String> = (0..10).map(|i| format!("OTHER.{i}")).collect();
+    let fresh: Vec<&str> = fresh.iter().map(String::as_str).collect();
+    let ack = c.subscribe(&fresh);
+    assert_eq!(ack["channels"].as_array().unwrap().len(), 10, "{ack}");
 }
 
 #[test]
