@@ -74,16 +74,22 @@ pub fn run_feed(ingest: SocketAddr, rate: u32, shutdown: Arc<AtomicBool>) {
                 // Geometric random walk, about 1 bp per tick.
                 q.mid *= 1.0 + (rng.unit() - 0.5) * 0.0002;
                 let half = q.mid * q.spread_bps / 20_000.0;
+                // Whole cents, and at least one cent apart: rounding a spread
+                // of under a cent must not print a locked market.
+                let bid = ((q.mid - half) * 100.0).floor().max(1.0) as u64;
+                let ask = (((q.mid + half) * 100.0).ceil() as u64).max(bid + 1);
                 let t = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos());
                 line.clear();
                 let _ = writeln!(
                     line,
-                    "{{\"ch\":\"{}\",\"bid\":{:.2},\"ask\":{:.2},\"bid_size\":{},\"ask_size\":{},\"t\":{}}}",
+                    "{{\"ch\":\"{}\",\"bid\":{}.{:02},\"ask\":{}.{:02},\"bid_size\":{},\"ask_size\":{},\"t\":{}}}",
                     SYMBOLS[i],
-                    q.mid - half,
-                    q.mid + half,
+                    bid / 100,
+                    bid % 100,
+                    ask / 100,
+                    ask % 100,
                     100 * (1 + rng.below(50)),
                     100 * (1 + rng.below(50)),
                     t
