@@ -234,12 +234,13 @@ impl OutQueue {
     /// RFC 6455 5.5.3 lets an endpoint answer only the most recent ping, so
     /// a ping flood costs one frame, not one per ping.
     pub fn push_pong(&mut self, frame: FrameRef) {
-        debug_assert_eq!(frame.bytes.first(), Some(&0x8A));
+        const PONG: u8 = 0x80 | crate::frame::OPCODE_PONG; // FIN + opcode
+        debug_assert_eq!(frame.bytes.first(), Some(&PONG));
         let untouched = self.queue.len() > 1 || self.head_written == 0;
         if untouched
             && let Some(back) = self.queue.back_mut()
             && back.channel == ChannelId::NONE
-            && back.bytes.first() == Some(&0x8A)
+            && back.bytes.first() == Some(&PONG)
         {
             let old = back.bytes.len();
             self.queued_bytes = self.queued_bytes - old + frame.bytes.len();

@@ -49,16 +49,24 @@ fn bystander_served(srv: &Server, feed: &mut Feed, client: &mut Client, ch: &str
     assert_eq!(srv.http_get("/healthz").0, 200);
 }
 
-#[test]
-fn ping_flood_from_a_client_that_never_reads_costs_bounded_memory() {
+/// An engine with a 64 KiB budget, a feed and a bystander subscribed to
+/// `ch`, and a client with a 4 KiB receive buffer that sends `frame` for 3 s
+/// without reading. Returns them with the bytes flooded and the RSS growth.
+fn flood_beside(frame: &[u8], ch: &str) -> (Server, Feed, Client, RawWs, usize, u64) {
     let srv = Server::start(&["--workers", "1", "--outbound-budget", "64KiB"]);
-    let mut feed = Feed::connect(srv.ingest);
+    let feed = Feed::connect(srv.ingest);
     let mut other = Client::connect(srv.listen);
-    other.subscribe(&["P"]);
+    other.subscribe(&[ch]);
     let rss0 = srv.rss_kib();
     let mut flooder = RawWs::connect_with_rcvbuf(srv.listen, 4096);
-    let sent = flood(&mut flooder, &masked(0x9, b""), 3);
+    let sent = flood(&mut flooder, frame, 3);
     let grown = srv.rss_kib().saturating_sub(rss0);
+    (srv, feed, other, flooder, sent, grown)
+}
+
+#[test]
+fn ping_flood_from_a_client_that_never_reads_costs_bounded_memory() {
+    let (srv, mut feed, mut other, _flooder, sent, grown) = flood_beside(&masked(0x9, b""), "P");
     // Before pongs were coalesced, ~8M pings took over 1 GiB here.
     assert!(sent > 1 << 20, "the flood sent only {sent} bytes");
     assert!(
@@ -70,14 +78,8 @@ fn ping_flood_from_a_client_that_never_reads_costs_bounded_memory() {
 
 #[test]
 fn bad_message_flood_without_reading_is_bounded_then_cut() {
-    let srv = Server::start(&["--workers", "1", "--outbound-budget", "64KiB"]);
-    let mut feed = Feed::connect(srv.ingest);
-    let mut other = Client::connect(srv.listen);
-    other.subscribe(&["E"]);
-    let rss0 = srv.rss_kib();
-    let mut flooder = RawWs::connect_with_rcvbuf(srv.listen, 4096);
-    let sent = flood(&mut flooder, &masked(0x1, b"x"), 3);
-    let grown = srv.rss_kib().saturating_sub(rss0);
+    let (srv, mut feed, mut other, mut flooder, sent, grown) =
+        flood_beside(&masked(0x1, b"x"), "E");
     assert!(sent > 64 * 1024, "the flood sent only {sent} bytes");
     assert!(
         grown < 16 * 1024,
