@@ -7,7 +7,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tickwire::channel::ChannelId;
-use tickwire::conflate::{Frame, OutQueue, Pushed};
+use tickwire::worker::conflate::{Entry, OutQueue, Pushed};
 
 fn bench(c: &mut Criterion) {
     let bytes = Bytes::from(vec![b'x'; 120]);
@@ -34,8 +34,8 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-fn frame(bytes: &Bytes, ch: u32, seq: u64) -> Rc<Frame> {
-    Frame::update(bytes.clone(), ChannelId(ch), seq, 0)
+fn frame(bytes: &Bytes, ch: u32, seq: u64) -> Rc<Entry> {
+    Entry::update(bytes.clone(), ChannelId(ch), seq, 0)
 }
 
 criterion_group!(benches, bench);

@@ -11,8 +11,8 @@ use std::rc::Rc;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tickwire::channel::ChannelId;
-use tickwire::coalesce::Coalescer;
-use tickwire::conflate::{Frame, OutQueue};
+use tickwire::worker::coalesce::Coalescer;
+use tickwire::worker::conflate::{Entry, OutQueue};
 
 /// Takes every byte of every iovec, like a socket with room.
 struct Sink(u64);
@@ -35,7 +35,7 @@ impl Write for Sink {
 const SUBSCRIBERS: usize = 1000;
 
 fn bench(c: &mut Criterion) {
-    let frame = tickwire::frame::update(
+    let frame = tickwire::protocol::frame::update(
         b"AAPL",
         1,
         br#"{"ch":"AAPL","bid":189.25,"ask":189.27,"bid_size":300,"ask_size":500}"#,
@@ -54,7 +54,7 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| {
                     for _ in 0..per_turn {
                         seq += 1;
-                        let f = Frame::update(Bytes::clone(&frame), ChannelId(0), seq, 0);
+                        let f = Entry::update(Bytes::clone(&frame), ChannelId(0), seq, 0);
                         for q in queues.iter_mut() {
                             q.push_update(Rc::clone(&f), 256 * 1024);
                         }

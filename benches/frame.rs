@@ -4,8 +4,8 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tickwire::frame;
-use tickwire::ingest::Sequencer;
+use tickwire::ingest::{LineParser, Sequencer, accept_line};
+use tickwire::protocol::frame;
 
 const LINE: &[u8] = br#"{"ch":"AAPL","bid":189.25,"ask":189.27,"bid_size":300,"ask_size":500,"t":1732200000000000000}"#;
 
@@ -20,8 +20,9 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("ingest_line_parse_sequence_build", |b| {
+        let mut p = LineParser::default();
         let mut s = Sequencer::new(1000);
-        b.iter(|| black_box(s.accept(black_box(LINE), 0).unwrap()))
+        b.iter(|| black_box(accept_line(&mut p, &mut s, black_box(LINE), 0).unwrap()))
     });
     g.finish();
 }

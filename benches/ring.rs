@@ -8,6 +8,7 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tickwire::channel::ChannelId;
 use tickwire::ring::ToWorker;
+use tickwire::update::Update;
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("ring");
@@ -32,12 +33,12 @@ fn bench(c: &mut Criterion) {
             barrier.wait();
             let start = Instant::now();
             for seq in 0..iters {
-                let mut msg = ToWorker::Update {
+                let mut msg = ToWorker::Update(Update {
                     channel: ChannelId(0),
                     seq,
                     ingest_ns: 0,
                     frame: frame.clone(),
-                };
+                });
                 loop {
                     match tx.push(msg) {
                         Ok(()) => break,

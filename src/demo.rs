@@ -165,3 +165,26 @@ document.getElementById('f').onsubmit = (e) => { e.preventDefault(); subscribe()
 connect();
 </script></body></html>
 "#;
+
+/// The page at `/` when no demo feed runs: what the engine is and how to
+/// feed it and subscribe, with the addresses it actually listens on.
+pub fn feed_help_html(listen: SocketAddr, ingest: SocketAddr) -> String {
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>tickwire</title>
+<style>body{{font:15px/1.5 system-ui,sans-serif;max-width:46em;margin:2em auto;padding:0 1em}}code,pre{{background:#f3f3f3;padding:.1em .3em}}</style>
+</head><body>
+<h1>tickwire is running</h1>
+<p>No feed is publishing to this page. Feed handlers send newline-delimited JSON to the ingest port
+<code>{ingest}</code>, one object per line with a string field <code>ch</code>:</p>
+<pre>printf '{{"ch":"AAPL","bid":189.5,"ask":189.6}}\n' | nc {ingest_host} {ingest_port}</pre>
+<p>Clients subscribe over WebSocket at <code>ws://{listen}/ws</code> with
+<code>{{"op":"subscribe","channels":["AAPL"]}}</code>.
+Start the engine with <code>--demo</code> for a built-in synthetic feed and a live quote board here.
+Metrics: <a href="/metrics">/metrics</a>.</p>
+</body></html>
+"#,
+        ingest_host = ingest.ip(),
+        ingest_port = ingest.port(),
+    )
+}

@@ -21,22 +21,21 @@
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod admin;
 pub mod channel;
 pub mod clock;
-pub mod coalesce;
 pub mod config;
-pub mod conflate;
-pub mod conn;
 pub mod demo;
-pub mod event_loop;
-pub mod frame;
-pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod pacing;
+pub mod protocol;
 pub mod ring;
 pub mod rng;
 pub mod server;
+pub mod transport;
+pub mod update;
+pub mod worker;
 
 pub use config::Config;
 pub use server::{Engine, StartError, Stopper};

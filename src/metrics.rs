@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crossbeam::utils::CachePadded;
 use hdrhistogram::Histogram;
 
+use crate::ingest::Reject;
+
 /// Latency histogram bounds: 100 ns to 60 s at 3 significant figures.
 const LATENCY_NS_MIN: u64 = 100;
 const LATENCY_NS_MAX: u64 = 60_000_000_000;
@@ -18,57 +20,60 @@ pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(LATENCY_NS_MIN, LATENCY_NS_MAX, 3).expect("static bounds")
 }
 
-/// Why an ingest line was rejected. The text goes back to the feed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reject {
-    /// Not valid JSON.
-    BadJson,
-    /// Valid JSON but not an object.
-    NotObject,
-    /// No string `ch` field.
-    MissingChannel,
-    /// `ch` outside 1..128 bytes of `A-Za-z0-9._:-`.
-    BadChannel,
-    /// Longer than `max_line_size`.
-    LineTooLong,
-    /// The engine already tracks `max_channels` channels.
-    ChannelLimit,
-}
-
-impl Reject {
-    /// Every reason, in metric order.
-    pub const ALL: [Reject; 6] = [
-        Reject::BadJson,
-        Reject::NotObject,
-        Reject::MissingChannel,
-        Reject::BadChannel,
-        Reject::LineTooLong,
-        Reject::ChannelLimit,
-    ];
-
-    /// The label used in metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Reject::BadJson => "bad_json",
-            Reject::NotObject => "not_object",
-            Reject::MissingChannel => "missing_channel",
-            Reject::BadChannel => "bad_channel",
-            Reject::LineTooLong => "line_too_long",
-            Reject::ChannelLimit => "channel_limit",
-        }
-    }
-
-    /// The human reason sent back on the feed connection.
-    pub fn message(self) -> &'static str {
-        match self {
-            Reject::BadJson => "malformed JSON",
-            Reject::NotObject => "not a JSON object",
-            Reject::MissingChannel => "missing string field ch",
-            Reject::BadChannel => "invalid ch: need 1 to 128 bytes of A-Za-z0-9._:-",
-            Reject::LineTooLong => "line too long",
-            Reject::ChannelLimit => "too many channels in the engine",
-        }
-    }
+/// Metric names, declared once (README, "HTTP"; tests read them from here).
+pub mod names {
+    /// `tickwire_connections`.
+    pub const CONNECTIONS: &str = "tickwire_connections";
+    /// `tickwire_subscriptions`.
+    pub const SUBSCRIPTIONS: &str = "tickwire_subscriptions";
+    /// `tickwire_connections_accepted_total`.
+    pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "tickwire_connections_accepted_total";
+    /// `tickwire_accept_errors_total`.
+    pub const ACCEPT_ERRORS_TOTAL: &str = "tickwire_accept_errors_total";
+    /// `tickwire_deliveries_total`.
+    pub const DELIVERIES_TOTAL: &str = "tickwire_deliveries_total";
+    /// `tickwire_bytes_out_total`.
+    pub const BYTES_OUT_TOTAL: &str = "tickwire_bytes_out_total";
+    /// `tickwire_socket_flushes_total`.
+    pub const SOCKET_FLUSHES_TOTAL: &str = "tickwire_socket_flushes_total";
+    /// `tickwire_conflated_total`.
+    pub const CONFLATED_TOTAL: &str = "tickwire_conflated_total";
+    /// `tickwire_slow_consumer_closes_total`.
+    pub const SLOW_CONSUMER_CLOSES_TOTAL: &str = "tickwire_slow_consumer_closes_total";
+    /// `tickwire_idle_closes_total`.
+    pub const IDLE_CLOSES_TOTAL: &str = "tickwire_idle_closes_total";
+    /// `tickwire_protocol_closes_total`.
+    pub const PROTOCOL_CLOSES_TOTAL: &str = "tickwire_protocol_closes_total";
+    /// `tickwire_client_errors_total`.
+    pub const CLIENT_ERRORS_TOTAL: &str = "tickwire_client_errors_total";
+    /// `tickwire_http_requests_total`.
+    pub const HTTP_REQUESTS_TOTAL: &str = "tickwire_http_requests_total";
+    /// `tickwire_http_rejects_total`.
+    pub const HTTP_REJECTS_TOTAL: &str = "tickwire_http_rejects_total";
+    /// `tickwire_ingest_connections`.
+    pub const INGEST_CONNECTIONS: &str = "tickwire_ingest_connections";
+    /// `tickwire_ingest_messages_total`.
+    pub const INGEST_MESSAGES_TOTAL: &str = "tickwire_ingest_messages_total";
+    /// `tickwire_ingest_bytes_total`.
+    pub const INGEST_BYTES_TOTAL: &str = "tickwire_ingest_bytes_total";
+    /// `tickwire_channels`.
+    pub const CHANNELS: &str = "tickwire_channels";
+    /// `tickwire_ingest_ring_full_waits_total`.
+    pub const INGEST_RING_FULL_WAITS_TOTAL: &str = "tickwire_ingest_ring_full_waits_total";
+    /// `tickwire_ingest_loop_turns_total`.
+    pub const INGEST_LOOP_TURNS_TOTAL: &str = "tickwire_ingest_loop_turns_total";
+    /// `tickwire_worker_loop_turns_total`.
+    pub const WORKER_LOOP_TURNS_TOTAL: &str = "tickwire_worker_loop_turns_total";
+    /// `tickwire_worker_paced_passes_total`.
+    pub const WORKER_PACED_PASSES_TOTAL: &str = "tickwire_worker_paced_passes_total";
+    /// `tickwire_worker_paced_wait_seconds_total`.
+    pub const WORKER_PACED_WAIT_SECONDS_TOTAL: &str = "tickwire_worker_paced_wait_seconds_total";
+    /// `tickwire_worker_connections`.
+    pub const WORKER_CONNECTIONS: &str = "tickwire_worker_connections";
+    /// `tickwire_ingest_rejects_total{reason}`.
+    pub const INGEST_REJECTS_TOTAL: &str = "tickwire_ingest_rejects_total";
+    /// `tickwire_delivery_latency_seconds{quantile}`.
+    pub const DELIVERY_LATENCY_SECONDS: &str = "tickwire_delivery_latency_seconds";
 }
 
 /// Counters one worker publishes.
@@ -101,6 +106,8 @@ pub struct WorkerStats {
     pub http_rejects: AtomicU64,
     /// Connections accepted.
     pub accepted: AtomicU64,
+    /// Accepts that failed (out of file descriptors); retried.
+    pub accept_errors: AtomicU64,
     /// Event loop turns.
     pub loop_turns: AtomicU64,
     /// Write passes that waited for a contended core's share (pacing).
@@ -139,6 +146,8 @@ pub struct WorkerCounters {
     /// See [`WorkerStats`].
     pub accepted: u64,
     /// See [`WorkerStats`].
+    pub accept_errors: u64,
+    /// See [`WorkerStats`].
     pub loop_turns: u64,
     /// See [`WorkerStats`].
     pub paced_passes: u64,
@@ -164,6 +173,7 @@ impl WorkerCounters {
         s.http_requests.store(self.http_requests, r);
         s.http_rejects.store(self.http_rejects, r);
         s.accepted.store(self.accepted, r);
+        s.accept_errors.store(self.accept_errors, r);
         s.loop_turns.store(self.loop_turns, r);
         s.paced_passes.store(self.paced_passes, r);
         s.paced_wait_ns.store(self.paced_wait_ns, r);
@@ -253,91 +263,98 @@ impl Metrics {
         };
         gauge(
             &mut o,
-            "tickwire_connections",
+            names::CONNECTIONS,
             "Open client connections.",
             "gauge",
             self.total(|w| &w.connections),
         );
         gauge(
             &mut o,
-            "tickwire_subscriptions",
+            names::SUBSCRIPTIONS,
             "Active channel subscriptions.",
             "gauge",
             self.total(|w| &w.subscriptions),
         );
         gauge(
             &mut o,
-            "tickwire_connections_accepted_total",
+            names::CONNECTIONS_ACCEPTED_TOTAL,
             "Connections accepted.",
             "counter",
             self.total(|w| &w.accepted),
         );
         gauge(
             &mut o,
-            "tickwire_deliveries_total",
+            names::ACCEPT_ERRORS_TOTAL,
+            "Accepts that failed (out of file descriptors) and were retried.",
+            "counter",
+            self.total(|w| &w.accept_errors),
+        );
+        gauge(
+            &mut o,
+            names::DELIVERIES_TOTAL,
             "Update frames written to client sockets.",
             "counter",
             self.total(|w| &w.deliveries),
         );
         gauge(
             &mut o,
-            "tickwire_bytes_out_total",
+            names::BYTES_OUT_TOTAL,
             "Bytes written to client sockets.",
             "counter",
             self.total(|w| &w.bytes_out),
         );
         gauge(
             &mut o,
-            "tickwire_socket_flushes_total",
+            names::SOCKET_FLUSHES_TOTAL,
             "Connection flushes (gathered writes); deliveries per flush is the batching factor.",
             "counter",
             self.total(|w| &w.flushes),
         );
         gauge(
             &mut o,
-            "tickwire_conflated_total",
+            names::CONFLATED_TOTAL,
             "Updates replaced by a newer value before being written (slow consumers).",
             "counter",
             self.total(|w| &w.conflated),
         );
         gauge(
             &mut o,
-            "tickwire_slow_consumer_closes_total",
+            names::SLOW_CONSUMER_CLOSES_TOTAL,
             "Connections closed for blocking past slow_consumer_timeout.",
             "counter",
             self.total(|w| &w.slow_consumer_closes),
         );
         gauge(
             &mut o,
-            "tickwire_idle_closes_total",
+            names::IDLE_CLOSES_TOTAL,
             "Connections closed for silence past idle_timeout.",
             "counter",
             self.total(|w| &w.idle_closes),
         );
         gauge(
             &mut o,
-            "tickwire_protocol_closes_total",
+            names::PROTOCOL_CLOSES_TOTAL,
             "Connections closed for WebSocket protocol violations.",
             "counter",
             self.total(|w| &w.protocol_closes),
         );
         gauge(
             &mut o,
-            "tickwire_client_errors_total",
+            names::CLIENT_ERRORS_TOTAL,
             "Bad client messages answered with an error.",
             "counter",
             self.total(|w| &w.client_errors),
         );
         gauge(
             &mut o,
-            "tickwire_http_requests_total",
+            names::HTTP_REQUESTS_TOTAL,
             "Plain HTTP requests served.",
             "counter",
             self.total(|w| &w.http_requests),
         );
         gauge(
             &mut o,
-            "tickwire_http_rejects_total",
+            names::HTTP_REJECTS_TOTAL,
             "Malformed HTTP requests refused.",
             "counter",
             self.total(|w| &w.http_rejects),
@@ -346,56 +363,57 @@ impl Metrics {
         let r = Ordering::Relaxed;
         gauge(
             &mut o,
-            "tickwire_ingest_connections",
+            names::INGEST_CONNECTIONS,
             "Open feed connections.",
             "gauge",
             i.feed_connections.load(r),
         );
         gauge(
             &mut o,
-            "tickwire_ingest_messages_total",
+            names::INGEST_MESSAGES_TOTAL,
             "Ingest messages accepted.",
             "counter",
             i.messages.load(r),
         );
         gauge(
             &mut o,
-            "tickwire_ingest_bytes_total",
+            names::INGEST_BYTES_TOTAL,
             "Ingest bytes received in lines.",
             "counter",
             i.bytes.load(r),
         );
         gauge(
             &mut o,
-            "tickwire_channels",
+            names::CHANNELS,
             "Channels known to the engine.",
             "gauge",
             i.channels.load(r),
         );
         gauge(
             &mut o,
-            "tickwire_ingest_ring_full_waits_total",
+            names::INGEST_RING_FULL_WAITS_TOTAL,
             "Times ingest waited for a full worker ring.",
             "counter",
             i.ring_full_waits.load(r),
         );
         gauge(
             &mut o,
-            "tickwire_ingest_loop_turns_total",
+            names::INGEST_LOOP_TURNS_TOTAL,
             "Ingest event loop turns.",
             "counter",
             i.loop_turns.load(r),
         );
+        let name = names::INGEST_REJECTS_TOTAL;
         let _ = writeln!(
             o,
-            "# HELP tickwire_ingest_rejects_total Ingest lines rejected, by reason.\n# TYPE tickwire_ingest_rejects_total counter"
+            "# HELP {name} Ingest lines rejected, by reason.\n# TYPE {name} counter"
         );
-        for (k, reason) in Reject::ALL.iter().enumerate() {
+        for reason in Reject::ALL {
             let _ = writeln!(
                 o,
-                "tickwire_ingest_rejects_total{{reason=\"{}\"}} {}",
+                "{name}{{reason=\"{}\"}} {}",
                 reason.label(),
-                i.rejects[k].load(r)
+                i.rejects[reason.index()].load(r)
             );
         }
         let per_worker = |o: &mut String,
@@ -410,36 +428,37 @@ impl Metrics {
         };
         per_worker(
             &mut o,
-            "tickwire_worker_loop_turns_total",
+            names::WORKER_LOOP_TURNS_TOTAL,
             "Event loop turns per worker.",
             "counter",
             &|w| w.loop_turns.load(r).to_string(),
         );
         per_worker(
             &mut o,
-            "tickwire_worker_paced_passes_total",
+            names::WORKER_PACED_PASSES_TOTAL,
             "Write passes a worker held back while its core was contended.",
             "counter",
             &|w| w.paced_passes.load(r).to_string(),
         );
         per_worker(
             &mut o,
-            "tickwire_worker_paced_wait_seconds_total",
+            names::WORKER_PACED_WAIT_SECONDS_TOTAL,
             "Time those passes were held back.",
             "counter",
             &|w| format!("{:.6}", w.paced_wait_ns.load(r) as f64 / 1e9),
         );
         per_worker(
             &mut o,
-            "tickwire_worker_connections",
+            names::WORKER_CONNECTIONS,
             "Open connections per worker.",
             "gauge",
             &|w| w.connections.load(r).to_string(),
         );
         let h = self.latency();
+        let name = names::DELIVERY_LATENCY_SECONDS;
         let _ = writeln!(
             o,
-            "# HELP tickwire_delivery_latency_seconds Ingest read to socket write, per delivered update (merged each second).\n# TYPE tickwire_delivery_latency_seconds summary"
+            "# HELP {name} Ingest read to socket write, per delivered update (merged each second).\n# TYPE {name} summary"
         );
         for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
             let v = if h.is_empty() {
@@ -447,18 +466,10 @@ impl Metrics {
             } else {
                 h.value_at_quantile(q)
             };
-            let _ = writeln!(
-                o,
-                "tickwire_delivery_latency_seconds{{quantile=\"{q}\"}} {:.9}",
-                v as f64 / 1e9
-            );
+            let _ = writeln!(o, "{name}{{quantile=\"{q}\"}} {:.9}", v as f64 / 1e9);
         }
-        let _ = writeln!(
-            o,
-            "tickwire_delivery_latency_seconds_sum {:.9}",
-            h.mean() * h.len() as f64 / 1e9
-        );
-        let _ = writeln!(o, "tickwire_delivery_latency_seconds_count {}", h.len());
+        let _ = writeln!(o, "{name}_sum {:.9}", h.mean() * h.len() as f64 / 1e9);
+        let _ = writeln!(o, "{name}_count {}", h.len());
         o
     }
 }

@@ -13,10 +13,10 @@ use mio::{Poll, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
-use crate::event_loop::{self, Worker, WorkerParts};
 use crate::ingest::{self, Ingest, IngestParts};
 use crate::metrics::Metrics;
 use crate::ring::{CONTROL_RING_CAPACITY, Doorbell, RingBytes, WORKER_RING_CAPACITY};
+use crate::worker::{self, Worker, WorkerParts};
 
 /// Listen backlog: a reconnect storm of thousands of clients must not overflow it.
 const BACKLOG: i32 = 4096;
@@ -24,6 +24,13 @@ const BACKLOG: i32 = 4096;
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// Another process already serves the listen address (it would share
+    /// the port through SO_REUSEPORT and take part of the connections).
+    #[error("cannot listen on {addr}: another process already serves it")]
+    InUse {
+        /// The address.
+        addr: SocketAddr,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -47,6 +54,28 @@ pub struct Engine {
     bells: Vec<Arc<Doorbell>>,
     threads: Vec<JoinHandle<()>>,
     metrics: Arc<Metrics>,
+}
+
+/// Binds `addr` without SO_REUSEPORT and without listening, and returns the
+/// port it got: fails with [`StartError::InUse`] when any socket already
+/// listens there, including another engine's SO_REUSEPORT listeners, which a
+/// plain SO_REUSEPORT bind would silently join.
+fn claim(addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    let make = || -> std::io::Result<SocketAddr> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.bind(&addr.into())?;
+        s.local_addr()?
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("not an IP address"))
+    };
+    make().map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            StartError::InUse { addr }
+        } else {
+            StartError::Bind { addr, source }
+        }
+    })
 }
 
 fn bind(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener, StartError> {
@@ -75,7 +104,10 @@ impl Engine {
         let n = config.workers;
         // One SO_REUSEPORT listener per worker: the kernel spreads accepts
         // across workers with no handoff queue and no shared accept lock.
-        let first = bind(config.listen, true)?;
+        // The claim ends before the listeners bind; a process that takes
+        // the port in between makes the first bind below fail instead.
+        let claimed = claim(config.listen)?;
+        let first = bind(claimed, true)?;
         let listen = first.local_addr()?;
         let mut listeners = vec![first];
         for _ in 1..n {
@@ -92,22 +124,39 @@ impl Engine {
         let index_html = Bytes::from(if config.demo {
             crate::demo::index_html(&crate::demo::SYMBOLS)
         } else {
-            crate::demo::index_html(&["AAPL", "MSFT"])
+            crate::demo::feed_help_html(listen, ingest_addr)
         });
 
+        let mut polls = Vec::with_capacity(n);
+        let mut worker_bells = Vec::with_capacity(n);
+        for _ in 0..n {
+            let poll = Poll::new()?;
+            worker_bells.push(Doorbell::new(Waker::new(
+                poll.registry(),
+                worker::WAKER_TOKEN,
+            )?));
+            polls.push(poll);
+        }
+        let (admin, admin_links) = crate::admin::new(
+            Arc::clone(&metrics),
+            worker_bells.clone(),
+            Arc::clone(&shutdown),
+        );
         let mut to_workers = Vec::with_capacity(n);
         let mut from_workers = Vec::with_capacity(n);
-        let mut worker_bells = Vec::with_capacity(n);
         let mut ring_bytes = Vec::with_capacity(n);
         let mut workers = Vec::with_capacity(n);
-        for (id, listener) in listeners.into_iter().enumerate() {
-            let poll = Poll::new()?;
-            let bell = Doorbell::new(Waker::new(poll.registry(), event_loop::WAKER_TOKEN)?);
+        for (id, ((listener, poll), admin)) in listeners
+            .into_iter()
+            .zip(polls)
+            .zip(admin_links)
+            .enumerate()
+        {
+            let bell = Arc::clone(&worker_bells[id]);
             let (tx, rx) = rtrb::RingBuffer::new(WORKER_RING_CAPACITY);
             let (ctx, crx) = rtrb::RingBuffer::new(CONTROL_RING_CAPACITY);
             to_workers.push(tx);
             from_workers.push(crx);
-            worker_bells.push(Arc::clone(&bell));
             let consumed = RingBytes::new();
             ring_bytes.push(Arc::clone(&consumed));
             workers.push(WorkerParts {
@@ -119,6 +168,7 @@ impl Engine {
                 to_ingest: ctx,
                 ingest_bell: Arc::clone(&ingest_bell),
                 bell,
+                admin,
                 metrics: Arc::clone(&metrics),
                 shutdown: Arc::clone(&shutdown),
                 config: Arc::clone(&config),
@@ -146,11 +196,16 @@ impl Engine {
         } else {
             Vec::new()
         };
-        let mut threads = Vec::with_capacity(n + 2);
+        let mut threads = Vec::with_capacity(n + 3);
         threads.push(
             std::thread::Builder::new()
                 .name("tickwire-ingest".into())
                 .spawn(move || ingest.run())?,
+        );
+        threads.push(
+            std::thread::Builder::new()
+                .name("tickwire-admin".into())
+                .spawn(move || admin.run())?,
         );
         // Workers hold `Rc`s, so each is built on its own thread; startup
         // waits for every one to report.

@@ -312,7 +312,7 @@ fn http_endpoints() {
         assert!(body.contains(name), "{name} missing from metrics");
     }
     assert_eq!(srv.http_get("/nope").0, 404);
-    assert_eq!(srv.http_get("/ws").0, 400);
+    assert_eq!(srv.http_get("/ws").0, 426);
     assert_eq!(srv.http_get("/").0, 200);
     assert_eq!(http_request(srv.listen, "garbage\r\n\r\n").0, 400);
     assert_eq!(http_request(srv.listen, "POST /ws HTTP/1.1\r\n\r\n").0, 405);

@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use tickwire::channel::ChannelId;
-use tickwire::conflate::{Frame, OutQueue};
+use tickwire::worker::conflate::{Entry, OutQueue};
 
 struct Counting;
 
@@ -72,12 +72,12 @@ impl Write for Sink {
 
 #[test]
 fn delivering_to_a_thousand_subscribers_allocates_once_per_frame() {
-    let frame = tickwire::frame::update(b"AAPL", 1, br#"{"ch":"AAPL","bid":1.5}"#);
+    let frame = tickwire::protocol::frame::update(b"AAPL", 1, br#"{"ch":"AAPL","bid":1.5}"#);
     let mut queues: Vec<OutQueue> = (0..1000).map(|_| OutQueue::default()).collect();
     let mut deliveries = 0u64;
     let mut round = |queues: &mut Vec<OutQueue>, frames: u64, seq0: u64| {
         for k in 0..frames {
-            let f = Frame::update(Bytes::clone(&frame), ChannelId(0), seq0 + k, 0);
+            let f = Entry::update(Bytes::clone(&frame), ChannelId(0), seq0 + k, 0);
             for q in queues.iter_mut() {
                 q.push_update(Rc::clone(&f), 256 * 1024);
             }
@@ -115,12 +115,16 @@ impl Write for Full {
 
 #[test]
 fn coalescing_and_conflating_allocate_per_channel_per_turn_not_per_subscriber() {
-    use tickwire::coalesce::Coalescer;
+    use tickwire::worker::coalesce::Coalescer;
     const CHANNELS: u32 = 10;
     const SUBSCRIBERS: usize = 1000;
     let update = |ch: u32, seq: u64| {
         let name = format!("C{ch}");
-        let b = tickwire::frame::update(name.as_bytes(), seq, br#"{"ch":"C","bid":1.5,"ask":1.6}"#);
+        let b = tickwire::protocol::frame::update(
+            name.as_bytes(),
+            seq,
+            br#"{"ch":"C","bid":1.5,"ask":1.6}"#,
+        );
         // The ingest thread clones each frame (last value, one ring per
         // worker), which moves its buffer to shared storage there; do it here
         // too, so only the worker's own allocations are counted.
@@ -146,7 +150,8 @@ fn coalescing_and_conflating_allocate_per_channel_per_turn_not_per_subscriber() 
         for f in coalescer.drain() {
             assert_eq!(f.count(), 8);
             for q in queues.iter_mut() {
-                if q.push_update(Rc::clone(&f), 256 * 1024) == tickwire::conflate::Pushed::Conflated
+                if q.push_update(Rc::clone(&f), 256 * 1024)
+                    == tickwire::worker::conflate::Pushed::Conflated
                 {
                     conflated += 1;
                 }

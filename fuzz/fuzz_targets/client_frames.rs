@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tickwire::conn::{WsEvent, read_frames};
+use tickwire::protocol::ws::{WsEvent, read_frames};
 
 fuzz_target!(|data: &[u8]| {
     let mut buf = data.to_vec();

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tickwire::channel;
-use tickwire::conn::{ClientOp, parse_client_message};
+use tickwire::protocol::client::{ClientOp, parse_client_message};
 
 fuzz_target!(|data: &[u8]| {
     let max = 8;

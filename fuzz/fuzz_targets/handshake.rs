@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tickwire::http::{Request, parse};
+use tickwire::protocol::http::{Request, parse};
 
 fuzz_target!(|data: &[u8]| {
     if let Some(Request::Upgrade { accept, head_len }) = parse(data) {

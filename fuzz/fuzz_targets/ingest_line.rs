@@ -4,14 +4,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tickwire::ingest::Sequencer;
+use tickwire::ingest::{LineParser, Sequencer, accept_line};
 
 fuzz_target!(|data: &[u8]| {
+    let mut parser = LineParser::default();
     let mut seq = Sequencer::new(4);
     // Twice: the second acceptance of a good line must get seq 2.
     for round in 1..=2u64 {
         let before = seq.channel_count();
-        match seq.accept(data, 0) {
+        match accept_line(&mut parser, &mut seq, data, 0) {
             Ok(Some(s)) => {
                 assert_eq!(s.seq, round);
                 let line = data.strip_suffix(b"\r").unwrap_or(data);

@@ -55,6 +55,18 @@ pub fn header_len(payload_len: usize) -> usize {
     }
 }
 
+/// Length of the header of a complete unmasked server frame, read from its
+/// second byte (0 for a buffer too short to hold a header).
+#[inline]
+pub fn server_header_len(frame: &[u8]) -> usize {
+    match frame.get(1).map(|b| b & 0x7F) {
+        None => 0,
+        Some(0..=125) => 2,
+        Some(126) => 4,
+        Some(_) => 10,
+    }
+}
+
 /// Writes an unmasked, final frame header for `opcode` and `payload_len`.
 #[inline]
 pub fn put_header(out: &mut BytesMut, opcode: u8, payload_len: usize) {
@@ -77,7 +89,7 @@ pub fn put_header(out: &mut BytesMut, opcode: u8, payload_len: usize) {
 ///
 /// # Examples
 /// ```
-/// let f = tickwire::frame::build(tickwire::frame::OPCODE_TEXT, b"hi");
+/// let f = tickwire::protocol::frame::build(tickwire::protocol::frame::OPCODE_TEXT, b"hi");
 /// assert_eq!(&f[..], &[0x81, 2, b'h', b'i']);
 /// ```
 pub fn build(opcode: u8, payload: &[u8]) -> Bytes {
@@ -115,7 +127,7 @@ const UPDATE_DATA: &[u8] = br#","data":"#;
 ///
 /// # Examples
 /// ```
-/// let f = tickwire::frame::update(b"AAPL", 7, br#"{"ch":"AAPL"}"#);
+/// let f = tickwire::protocol::frame::update(b"AAPL", 7, br#"{"ch":"AAPL"}"#);
 /// assert_eq!(&f[2..], br#"{"type":"update","ch":"AAPL","seq":7,"data":{"ch":"AAPL"}}"#);
 /// ```
 pub fn update(channel: &[u8], seq: u64, data: &[u8]) -> Bytes {
@@ -163,6 +175,8 @@ pub enum FrameError {
     BadOpcode,
     /// A control frame that is fragmented or carries over 125 bytes.
     BadControl,
+    /// A 64-bit length with its most significant bit set (RFC 6455 5.2).
+    BadLength,
     /// A payload over the configured limit.
     TooBig,
 }
@@ -183,6 +197,7 @@ impl FrameError {
             FrameError::Unmasked => "client frames must be masked",
             FrameError::BadOpcode => "reserved opcode",
             FrameError::BadControl => "invalid control frame",
+            FrameError::BadLength => "invalid payload length",
             FrameError::TooBig => "frame too big",
         }
     }
@@ -242,7 +257,7 @@ pub fn parse_client(
             n.copy_from_slice(&buf[2..10]);
             let len = u64::from_be_bytes(n);
             if len >> 63 != 0 {
-                return Err(FrameError::BadControl);
+                return Err(FrameError::BadLength);
             }
             (len, 10)
         }
@@ -314,6 +329,7 @@ mod tests {
             let f = build(OPCODE_TEXT, &vec![b'x'; len]);
             assert_eq!(f.len(), hdr + len, "len {len}");
             assert_eq!(header_len(len), hdr);
+            assert_eq!(server_header_len(&f), hdr);
         }
         let f = build(OPCODE_TEXT, &vec![b'x'; 300]);
         assert_eq!(&f[..4], &[0x81, 126, 1, 44]);
@@ -395,5 +411,10 @@ mod tests {
         // The size check happens on the header alone, before the payload arrives.
         let mut huge_header = vec![0x81, 0x80 | 127, 0, 0, 0, 1, 0, 0, 0, 0];
         assert_eq!(parse_client(&mut huge_header, 100), Err(FrameError::TooBig));
+        // A length with the top bit set is malformed, not a control-frame error.
+        let mut top_bit = vec![0x81, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 1];
+        assert_eq!(parse_client(&mut top_bit, 100), Err(FrameError::BadLength));
+        assert_eq!(FrameError::BadLength.close_code(), CloseCode::Protocol);
+        assert_eq!(FrameError::BadLength.reason(), "invalid payload length");
     }
 }

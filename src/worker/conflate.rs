@@ -1,5 +1,11 @@
 //! A connection's outbound queue with per-channel conflation (sans-io).
 //!
+//! Conflation is not coalescing: [`crate::worker::coalesce`] packs a turn's
+//! updates of a channel into one buffer and every one of them is delivered;
+//! conflation *replaces* a channel's update still waiting in a lagging
+//! client's queue with a newer one, so that client skips values (a jump in
+//! `seq`) instead of building a backlog.
+//!
 //! Frames queue in order while the socket takes them and the queue holds less
 //! than the connection's budget. Once the socket would block, or past the
 //! budget, the queue conflates until it drains: an update for a channel that
@@ -18,16 +24,17 @@ use bytes::Bytes;
 
 use crate::channel::ChannelId;
 
-/// A frame as a worker holds it. Workers wrap each turn's updates of a
+/// A queue entry: one or more WebSocket frames that go out back to back
+/// (a control frame, one update, or a turn's updates of one channel). Workers wrap each turn's updates of a
 /// channel in one `Rc`, so a delivery is a non-atomic count bump on a
 /// core-local line instead of an atomic on a line shared with the other
 /// workers.
 ///
-/// One `Frame` may hold several consecutive updates of one channel, packed
-/// back to back (see [`crate::coalesce`]): a subscriber then gets them with
+/// One `Entry` may hold several consecutive updates of one channel, packed
+/// back to back (see [`crate::worker::coalesce`]): a subscriber then gets them with
 /// one iovec instead of one per update.
 #[derive(Debug)]
-pub struct Frame {
+pub struct Entry {
     /// The complete WebSocket frame(s).
     pub bytes: Bytes,
     /// Its channel, or [`ChannelId::NONE`] for control frames.
@@ -42,21 +49,26 @@ pub struct Frame {
     /// Where the newest update starts in `bytes`.
     newest_offset: usize,
     /// The newest update alone, made on first need (conflation).
-    newest: OnceCell<FrameRef>,
+    newest: OnceCell<EntryRef>,
 }
 
 /// Shared handle to a frame.
-pub type FrameRef = Rc<Frame>;
+pub type EntryRef = Rc<Entry>;
 
-impl Frame {
+impl Entry {
     /// A control frame (ack, error, ping, close): never conflated.
-    pub fn control(bytes: Bytes) -> FrameRef {
-        Frame::update(bytes, ChannelId::NONE, 0, 0)
+    pub fn control(bytes: Bytes) -> EntryRef {
+        Entry::update(bytes, ChannelId::NONE, 0, 0)
+    }
+
+    /// One sequenced update, as it came off the ring.
+    pub fn from_update(u: crate::update::Update) -> EntryRef {
+        Entry::update(u.frame, u.channel, u.seq, u.ingest_ns)
     }
 
     /// One update of a channel.
-    pub fn update(bytes: Bytes, channel: ChannelId, seq: u64, ingest_ns: u64) -> FrameRef {
-        Frame::coalesced(bytes, channel, seq, ingest_ns, Box::default(), 0)
+    pub fn update(bytes: Bytes, channel: ChannelId, seq: u64, ingest_ns: u64) -> EntryRef {
+        Entry::coalesced(bytes, channel, seq, ingest_ns, Box::default(), 0)
     }
 
     /// Consecutive updates of one channel packed in `bytes`; the newest
@@ -69,10 +81,10 @@ impl Frame {
         ingest_ns: u64,
         earlier_ingest_ns: Box<[u64]>,
         newest_offset: usize,
-    ) -> FrameRef {
+    ) -> EntryRef {
         debug_assert!(newest_offset == 0 || newest_offset < bytes.len());
         debug_assert_eq!(earlier_ingest_ns.is_empty(), newest_offset == 0);
-        Rc::new(Frame {
+        Rc::new(Entry {
             bytes,
             channel,
             seq,
@@ -102,12 +114,12 @@ impl Frame {
     /// unless coalesced; built once per coalesced frame, not per subscriber.
     /// Copied rather than sliced: a slice would keep the whole packed turn
     /// buffer (up to 32 KiB) alive in every queue that conflates it.
-    pub fn newest(this: &FrameRef) -> FrameRef {
+    pub fn newest(this: &EntryRef) -> EntryRef {
         if this.newest_offset == 0 {
             return Rc::clone(this);
         }
         Rc::clone(this.newest.get_or_init(|| {
-            Frame::update(
+            Entry::update(
                 Bytes::copy_from_slice(&this.bytes[this.newest_offset..]),
                 this.channel,
                 this.seq,
@@ -161,7 +173,7 @@ pub enum Flushed {
 /// Outbound queue of one connection.
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    queue: VecDeque<FrameRef>,
+    queue: VecDeque<EntryRef>,
     /// Bytes of `queue[0]` already written.
     head_written: usize,
     /// Unwritten bytes in the queue.
@@ -181,7 +193,7 @@ impl OutQueue {
     /// Queues an update, conflating once `budget` bytes are waiting or after
     /// [`OutQueue::start_conflating`].
     #[inline]
-    pub fn push_update(&mut self, frame: FrameRef, budget: usize) -> Pushed {
+    pub fn push_update(&mut self, frame: EntryRef, budget: usize) -> Pushed {
         debug_assert!(frame.channel != ChannelId::NONE);
         if !self.conflating {
             if self.queued_bytes + frame.bytes.len() <= budget {
@@ -192,7 +204,7 @@ impl OutQueue {
             self.conflating = true;
         }
         // Conflating: only the newest value of the channel matters.
-        let frame = Frame::newest(&frame);
+        let frame = Entry::newest(&frame);
         let channel = frame.channel;
         if let Some(&pos) = self.pending.get(&channel) {
             // A position before `removed` was written already; position
@@ -223,7 +235,7 @@ impl OutQueue {
     }
 
     /// Queues a control frame; these are never conflated or dropped.
-    pub fn push_control(&mut self, frame: FrameRef) {
+    pub fn push_control(&mut self, frame: EntryRef) {
         debug_assert!(frame.channel == ChannelId::NONE);
         self.queued_bytes += frame.bytes.len();
         self.control_bytes += frame.bytes.len();
@@ -233,8 +245,8 @@ impl OutQueue {
     /// Queues a pong, replacing a pong still waiting untouched at the back:
     /// RFC 6455 5.5.3 lets an endpoint answer only the most recent ping, so
     /// a ping flood costs one frame, not one per ping.
-    pub fn push_pong(&mut self, frame: FrameRef) {
-        const PONG: u8 = 0x80 | crate::frame::OPCODE_PONG; // FIN + opcode
+    pub fn push_pong(&mut self, frame: EntryRef) {
+        const PONG: u8 = 0x80 | crate::protocol::frame::OPCODE_PONG; // FIN + opcode
         debug_assert_eq!(frame.bytes.first(), Some(&PONG));
         let untouched = self.queue.len() > 1 || self.head_written == 0;
         if untouched
@@ -325,10 +337,11 @@ impl OutQueue {
     ///
     /// # Errors
     /// I/O errors other than `WouldBlock` and `Interrupted` (a dead peer).
+    /// `WouldBlock` and a write of 0 bytes are backpressure: [`Flushed::Blocked`].
     pub fn flush<W: Write>(
         &mut self,
         out: &mut W,
-        mut sent: impl FnMut(&Frame),
+        mut sent: impl FnMut(&Entry),
     ) -> io::Result<(Flushed, usize)> {
         let mut total = 0;
         while !self.queue.is_empty() {
@@ -352,7 +365,9 @@ impl OutQueue {
                 out.write_vectored(&iov[..n_iov])
             };
             let written = match attempt {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                // The transport contract (crate::transport): taking nothing
+                // means its buffer is full (TLS), not that the peer is gone.
+                Ok(0) => return Ok((Flushed::Blocked, total)),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Ok((Flushed::Blocked, total));
@@ -368,7 +383,7 @@ impl OutQueue {
         Ok((Flushed::Drained, total))
     }
 
-    fn advance(&mut self, mut written: usize, sent: &mut impl FnMut(&Frame)) {
+    fn advance(&mut self, mut written: usize, sent: &mut impl FnMut(&Entry)) {
         self.queued_bytes -= written;
         while written > 0 {
             let front_left = self.queue[0].bytes.len() - self.head_written;
@@ -443,8 +458,8 @@ impl OutQueue {
 mod tests {
     use super::*;
 
-    fn upd(ch: u32, seq: u64, len: usize) -> FrameRef {
-        Frame::update(Bytes::from(vec![b'x'; len]), ChannelId(ch), seq, 0)
+    fn upd(ch: u32, seq: u64, len: usize) -> EntryRef {
+        Entry::update(Bytes::from(vec![b'x'; len]), ChannelId(ch), seq, 0)
     }
 
     /// A writer that takes at most `room` bytes, then blocks.
@@ -546,7 +561,7 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|i| (seq as usize * 31 + i) as u8).collect();
             expect.extend_from_slice(&bytes);
             q.push_update(
-                Frame::update(Bytes::from(bytes), ChannelId(0), seq, 0),
+                Entry::update(Bytes::from(bytes), ChannelId(0), seq, 0),
                 usize::MAX / 2,
             );
             if rng.below(4) == 0 {
@@ -559,8 +574,11 @@ mod tests {
         assert_eq!(sink.got, expect);
     }
 
-    fn pong(payload: &[u8]) -> FrameRef {
-        Frame::control(crate::frame::build(crate::frame::OPCODE_PONG, payload))
+    fn pong(payload: &[u8]) -> EntryRef {
+        Entry::control(crate::protocol::frame::build(
+            crate::protocol::frame::OPCODE_PONG,
+            payload,
+        ))
     }
 
     #[test]
@@ -573,7 +591,7 @@ mod tests {
         assert_eq!(q.control_bytes(), 6);
         q.push_update(upd(1, 1, 10), 1 << 20);
         q.push_pong(pong(b"a"));
-        q.push_control(Frame::control(Bytes::from_static(b"\x81\x01x")));
+        q.push_control(Entry::control(Bytes::from_static(b"\x81\x01x")));
         assert_eq!(
             q.len(),
             4,
@@ -610,7 +628,7 @@ mod tests {
     fn conflated_coalesced_update_does_not_pin_the_turn_buffer() {
         let mut packed = vec![b'o'; 30_000];
         packed.extend_from_slice(b"newest");
-        let f = Frame::coalesced(
+        let f = Entry::coalesced(
             Bytes::from(packed),
             ChannelId(1),
             2,
@@ -618,7 +636,7 @@ mod tests {
             vec![0].into_boxed_slice(),
             30_000,
         );
-        let newest = Frame::newest(&f);
+        let newest = Entry::newest(&f);
         assert_eq!(&newest.bytes[..], b"newest");
         // A copy: dropping the packed frame frees its buffer.
         let base = f.bytes.as_ptr() as usize;
@@ -626,12 +644,43 @@ mod tests {
         assert!(p < base || p >= base + f.bytes.len());
     }
 
+    /// A TLS writer whose record buffer is full takes 0 bytes: that is
+    /// backpressure (conflate, wait for writable), never a dead peer.
+    #[test]
+    fn a_transport_that_takes_zero_bytes_is_blocked_not_gone() {
+        struct FullTls {
+            room: usize,
+            got: usize,
+        }
+        impl Write for FullTls {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                let n = buf.len().min(self.room);
+                self.room -= n;
+                self.got += n;
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut q = OutQueue::default();
+        for seq in 1..=4 {
+            q.push_update(upd(1, seq, 10), 1 << 20);
+        }
+        let mut w = FullTls { room: 25, got: 0 };
+        let (res, n) = q.flush(&mut w, |_| {}).expect("not an error");
+        assert_eq!((res, n), (Flushed::Blocked, 25));
+        w.room = usize::MAX;
+        assert_eq!(q.flush(&mut w, |_| {}).unwrap(), (Flushed::Drained, 15));
+        assert_eq!(w.got, 40);
+    }
+
     #[test]
     fn forgotten_channel_is_not_overwritten() {
         let mut q = OutQueue::default();
         q.push_update(upd(1, 1, 10), 0);
         q.forget_channel(ChannelId(1));
-        q.push_control(Frame::control(Bytes::from_static(b"unsub")));
+        q.push_control(Entry::control(Bytes::from_static(b"unsub")));
         assert_eq!(q.push_update(upd(1, 2, 10), 0), Pushed::Queued);
         assert_eq!(q.len(), 3);
     }
@@ -680,7 +729,7 @@ mod tests {
                 4..=5 => {
                     // A worker turn's updates of one channel, coalesced.
                     let ch = rng.below(channels as u64) as u32;
-                    let mut c = crate::coalesce::Coalescer::new(usize::MAX);
+                    let mut c = crate::worker::coalesce::Coalescer::new(usize::MAX);
                     for _ in 0..1 + rng.below(5) {
                         let seq = next_seq[ch as usize];
                         next_seq[ch as usize] += 1;
@@ -692,7 +741,7 @@ mod tests {
                     }
                 }
                 6 => {
-                    q.push_control(Frame::control(Bytes::from_static(b"ctl")));
+                    q.push_control(Entry::control(Bytes::from_static(b"ctl")));
                     controls_pending += 1;
                 }
                 _ => {

@@ -1,6 +1,7 @@
-//! HTTP on the listen port (sans-io): the WebSocket upgrade handshake and the
-//! plain endpoints (`/healthz`, `/metrics`, `/`). Requests are parsed with
-//! httparse; anything malformed gets a 400 and a closed connection.
+//! HTTP on the listen port (sans-io): the WebSocket upgrade handshake, the
+//! routes of the plain endpoints (`/healthz`, `/metrics`, `/`) and their
+//! responses. Requests are parsed with httparse; anything malformed gets a
+//! 400 and a closed connection.
 
 use bytes::Bytes;
 
@@ -36,8 +37,11 @@ pub enum Response {
     NotFound,
     /// 405 for methods other than GET/HEAD.
     MethodNotAllowed,
-    /// 426 for a non-upgrade request to /ws (with a reason).
+    /// 426 for a request to /ws that is not a WebSocket upgrade (with a reason).
     UpgradeRequired(&'static str),
+    /// 400 with `Sec-WebSocket-Version: 13` for an upgrade of another version
+    /// (RFC 6455 4.4).
+    BadVersion,
     /// 400 for a malformed request.
     BadRequest(&'static str),
     /// 431 for a head over the limit.
@@ -78,7 +82,7 @@ pub fn parse(buf: &[u8]) -> Option<Request> {
     let resp = match path {
         // RFC 6455 4.1: the handshake is a GET.
         "/ws" if method == "HEAD" => {
-            Response::UpgradeRequired("the WebSocket handshake is a GET request")
+            Response::BadRequest("the WebSocket handshake is a GET request")
         }
         "/ws" => return Some(upgrade(req.headers, head_len)),
         "/healthz" => Response::Health,
@@ -113,8 +117,7 @@ fn upgrade(headers: &[httparse::Header<'_>], head_len: usize) -> Request {
         _ => return bad("missing Connection: Upgrade"),
     }
     if header(headers, "Sec-WebSocket-Version") != Some(b"13") {
-        // 400 with the version we speak (RFC 6455 4.4).
-        return bad("Sec-WebSocket-Version must be 13");
+        return Request::Respond(Response::BadVersion);
     }
     let Some(key) = header(headers, "Sec-WebSocket-Key") else {
         return Request::Respond(Response::BadRequest("missing Sec-WebSocket-Key"));
@@ -146,6 +149,91 @@ pub fn respond(status: &str, content_type: &str, body: &[u8], head_only: bool) -
     if !head_only {
         out.extend_from_slice(body);
     }
+    Bytes::from(out)
+}
+
+/// Bodies of the pages the engine serves; the rest of the responses are
+/// fixed text.
+#[derive(Debug, Clone)]
+pub struct Pages {
+    /// The page at `/`.
+    pub index: Bytes,
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The complete response for a plain request (not `/metrics`, which the
+/// admin thread renders).
+pub fn render(resp: Response, head_only: bool, pages: &Pages) -> Bytes {
+    match resp {
+        Response::Health => respond("200 OK", TEXT, b"ok\n", head_only),
+        Response::Metrics => respond(
+            "503 Service Unavailable",
+            TEXT,
+            b"metrics unavailable\n",
+            head_only,
+        ),
+        Response::Index => respond(
+            "200 OK",
+            "text/html; charset=utf-8",
+            &pages.index,
+            head_only,
+        ),
+        Response::NotFound => respond("404 Not Found", TEXT, b"not found\n", head_only),
+        Response::MethodNotAllowed => {
+            respond("405 Method Not Allowed", TEXT, b"use GET\n", head_only)
+        }
+        Response::UpgradeRequired(why) => with_version_header(respond(
+            "426 Upgrade Required",
+            TEXT,
+            format!("{why}\n").as_bytes(),
+            head_only,
+        )),
+        Response::BadVersion => with_version_header(respond(
+            "400 Bad Request",
+            TEXT,
+            b"Sec-WebSocket-Version must be 13\n",
+            head_only,
+        )),
+        Response::BadRequest(why) => respond(
+            "400 Bad Request",
+            TEXT,
+            format!("{why}\n").as_bytes(),
+            head_only,
+        ),
+        Response::HeadTooLarge => respond(
+            "431 Request Header Fields Too Large",
+            TEXT,
+            b"request head too large\n",
+            head_only,
+        ),
+    }
+}
+
+/// Whether a response refuses the request (counted as an HTTP reject).
+pub fn is_reject(resp: Response) -> bool {
+    matches!(
+        resp,
+        Response::UpgradeRequired(_)
+            | Response::BadVersion
+            | Response::BadRequest(_)
+            | Response::HeadTooLarge
+    )
+}
+
+/// Adds `Upgrade: websocket` and `Sec-WebSocket-Version: 13` after the status
+/// line: tells clients which protocol `/ws` speaks (RFC 6455 4.2.2, RFC 9110
+/// 15.5.22).
+fn with_version_header(r: Bytes) -> Bytes {
+    let at = r
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .expect("a status line")
+        + 2;
+    let mut out = Vec::with_capacity(r.len() + 48);
+    out.extend_from_slice(&r[..at]);
+    out.extend_from_slice(b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
+    out.extend_from_slice(&r[at..]);
     Bytes::from(out)
 }
 
@@ -197,19 +285,17 @@ mod tests {
             r("GET /ws HTTP/1.1\r\n\r\n"),
             Some(Request::Respond(Response::UpgradeRequired(_)))
         ));
-        assert!(matches!(
+        assert_eq!(
             r(
                 "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Version: 8\r\n\r\n"
             ),
-            Some(Request::Respond(Response::UpgradeRequired(
-                "Sec-WebSocket-Version must be 13"
-            )))
-        ));
+            Some(Request::Respond(Response::BadVersion))
+        );
         let upgrade = std::str::from_utf8(UPGRADE).unwrap();
         assert!(matches!(r(upgrade), Some(Request::Upgrade { .. })));
         assert_eq!(
             r(&upgrade.replacen("GET", "HEAD", 1)),
-            Some(Request::Respond(Response::UpgradeRequired(
+            Some(Request::Respond(Response::BadRequest(
                 "the WebSocket handshake is a GET request"
             )))
         );
@@ -233,5 +319,30 @@ mod tests {
             .collect();
         let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
         assert_eq!(r(&many), Some(Request::Respond(Response::HeadTooLarge)));
+    }
+
+    #[test]
+    fn a_plain_get_of_ws_is_426_and_a_bad_version_400_both_naming_version_13() {
+        let pages = Pages {
+            index: Bytes::from_static(b"<html></html>"),
+        };
+        let plain = match parse(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n") {
+            Some(Request::Respond(resp)) => render(resp, false, &pages),
+            other => panic!("{other:?}"),
+        };
+        let text = std::str::from_utf8(&plain).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nSec-WebSocket-Version: 13\r\n"), "{text}");
+        assert!(text.contains("\r\nUpgrade: websocket\r\n"), "{text}");
+        let bad = render(Response::BadVersion, false, &pages);
+        let text = std::str::from_utf8(&bad).unwrap();
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+        assert!(text.contains("\r\nSec-WebSocket-Version: 13\r\n"), "{text}");
+        let head = render(Response::Index, true, &pages);
+        assert!(head.ends_with(b"\r\n\r\n"), "HEAD gets no body");
+        assert!(is_reject(Response::BadVersion) && !is_reject(Response::Health));
     }
 }

@@ -14,7 +14,7 @@ use std::mem;
 use bytes::{Bytes, BytesMut};
 
 use crate::channel::ChannelId;
-use crate::conflate::{Frame, FrameRef};
+use crate::worker::conflate::{Entry, EntryRef};
 
 /// Largest coalesced buffer: past it the batch is handed out and a new one
 /// starts, so one entry never dwarfs a connection's budget.
@@ -51,9 +51,9 @@ impl Batch {
         self.single.as_ref().map_or(self.packed.len(), Bytes::len)
     }
 
-    fn finish(self) -> FrameRef {
+    fn finish(self) -> EntryRef {
         // A single update travels uncopied; its earlier times are empty and
-        // its offset 0, which is what `Frame::coalesced` expects for one.
+        // its offset 0, which is what `Entry::coalesced` expects for one.
         let Batch {
             channel,
             single,
@@ -63,7 +63,7 @@ impl Batch {
             earlier_ingest_ns,
             newest_offset,
         } = self;
-        Frame::coalesced(
+        Entry::coalesced(
             single.unwrap_or_else(|| packed.freeze()),
             channel,
             seq,
@@ -105,7 +105,7 @@ impl Coalescer {
         seq: u64,
         ingest_ns: u64,
         bytes: Bytes,
-    ) -> Option<FrameRef> {
+    ) -> Option<EntryRef> {
         let i = channel.index();
         if self.position.len() <= i {
             self.position.resize(i + 1, u32::MAX);
@@ -144,7 +144,7 @@ impl Coalescer {
 
     /// Finishes every open batch, in the order their channels first appeared
     /// this turn.
-    pub fn drain(&mut self) -> impl Iterator<Item = FrameRef> + '_ {
+    pub fn drain(&mut self) -> impl Iterator<Item = EntryRef> + '_ {
         let position = &mut self.position;
         self.open.drain(..).map(move |b| {
             position[b.channel.index()] = u32::MAX;
@@ -193,10 +193,10 @@ mod tests {
         a.for_each_ingest_ns(|t| times.push(t));
         assert_eq!(times, [10, 20, 30]);
         // Conflation keeps only the newest update, built once.
-        let n = Frame::newest(a);
+        let n = Entry::newest(a);
         assert_eq!(&n.bytes[..], &[3, 3, 3, 3, 3]);
         assert_eq!((n.count(), n.seq, n.ingest_ns), (1, 3, 30));
-        assert!(std::rc::Rc::ptr_eq(&n, &Frame::newest(a)));
+        assert!(std::rc::Rc::ptr_eq(&n, &Entry::newest(a)));
         assert_eq!(out[1].channel, ChannelId(9));
         assert_eq!(out[1].bytes.len(), 21);
         // The next turn starts afresh.

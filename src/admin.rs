@@ -1,0 +1,123 @@
+//! The admin thread: renders the pages that read the whole engine's state
+//! (`/metrics` merges every worker's latency histogram and walks every
+//! counter), so that a scrape never stalls a worker's delivery. A worker
+//! hands it the request and gets the finished response back on its own
+//! queue, with a ring of its doorbell.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam::channel::{Receiver, Sender, bounded};
+
+use crate::metrics::Metrics;
+use crate::protocol::http;
+use crate::ring::{ConnKey, Doorbell};
+
+/// Requests waiting for the admin thread; past this a scrape gets 503
+/// (a flood of scrapes must not grow memory).
+const REQUESTS_MAX: usize = 256;
+/// How often the thread looks at the shutdown flag while idle.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// One page to render for a worker's connection.
+#[derive(Debug)]
+struct Request {
+    worker: usize,
+    conn: ConnKey,
+    head_only: bool,
+}
+
+/// A worker's end: send requests, take finished pages.
+#[derive(Debug)]
+pub struct AdminLink {
+    requests: Sender<Request>,
+    replies: Receiver<(ConnKey, Bytes)>,
+}
+
+impl AdminLink {
+    /// Asks for the metrics page for `conn`; false if the admin thread is
+    /// saturated or gone (the caller answers 503 itself).
+    pub fn request(&self, worker: usize, conn: ConnKey, head_only: bool) -> bool {
+        self.requests
+            .try_send(Request {
+                worker,
+                conn,
+                head_only,
+            })
+            .is_ok()
+    }
+
+    /// A finished page, if any.
+    pub fn reply(&self) -> Option<(ConnKey, Bytes)> {
+        self.replies.try_recv().ok()
+    }
+
+    /// Whether finished pages wait.
+    pub fn has_replies(&self) -> bool {
+        !self.replies.is_empty()
+    }
+}
+
+/// The admin thread's state.
+pub struct Admin {
+    requests: Receiver<Request>,
+    replies: Vec<Sender<(ConnKey, Bytes)>>,
+    bells: Vec<Arc<Doorbell>>,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<AtomicBool>,
+}
+
+/// The admin thread and one link per worker.
+pub fn new(
+    metrics: Arc<Metrics>,
+    bells: Vec<Arc<Doorbell>>,
+    shutdown: Arc<AtomicBool>,
+) -> (Admin, Vec<AdminLink>) {
+    let (req_tx, req_rx) = bounded(REQUESTS_MAX);
+    let mut replies = Vec::with_capacity(bells.len());
+    let mut links = Vec::with_capacity(bells.len());
+    for _ in &bells {
+        let (tx, rx) = bounded(REQUESTS_MAX);
+        replies.push(tx);
+        links.push(AdminLink {
+            requests: req_tx.clone(),
+            replies: rx,
+        });
+    }
+    let admin = Admin {
+        requests: req_rx,
+        replies,
+        bells,
+        metrics,
+        shutdown,
+    };
+    (admin, links)
+}
+
+impl Admin {
+    /// Serves requests until shutdown.
+    pub fn run(self) {
+        while !self.shutdown.load(Ordering::Relaxed) {
+            if let Ok(req) = self.requests.recv_timeout(IDLE_POLL) {
+                self.serve(req);
+            }
+        }
+    }
+
+    /// Renders one page (each scrape sees current counters) and hands it to
+    /// the worker that asked.
+    fn serve(&self, req: Request) {
+        let body = self.metrics.render();
+        let page = http::respond(
+            "200 OK",
+            "text/plain; version=0.0.4",
+            body.as_bytes(),
+            req.head_only,
+        );
+        if self.replies[req.worker].try_send((req.conn, page)).is_ok() {
+            self.bells[req.worker].ring();
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! The ingest thread: the TCP feed server and the [`Sequencer`].
+//!
+//! It owns the feed connections on its own mio `Poll`, splits
+//! newline-delimited JSON, validates each line ([`line`]), sequences it
+//! ([`sequencer`]: per-channel seq, last value, the update frame built once)
+//! and pushes the update to every worker's ring. It also answers workers'
+//! subscribe requests on the same rings, which is what joins a snapshot to
+//! the live stream without a gap or a duplicate.
+
+pub mod line;
+pub mod sequencer;
+
+pub use line::{LineParser, Reject};
+pub use sequencer::{Sequencer, accept_line};
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use rtrb::{Consumer, Producer, PushError};
+use slab::Slab;
+
+use crate::clock;
+use crate::metrics::Metrics;
+use crate::ring::{Doorbell, RingBytes, SubscribeReply, ToIngest, ToWorker, WORKER_RING_BYTES_MAX};
+use crate::update::Update;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+/// Read room beyond the longest line: one read call's worth.
+const READ_CHUNK: usize = 64 * 1024;
+/// Error replies buffered for a feed that does not read them; past this they
+/// are dropped (still counted as rejects).
+const FEED_OUT_MAX: usize = 1 << 20;
+/// Reads per feed per loop turn before the loop serves others (fairness).
+const READS_PER_TURN: usize = 16;
+/// How long the loop blocks when idle, to notice shutdown promptly.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// After an accept failed for want of file descriptors (EMFILE, ENFILE),
+/// how long until the backlog is tried again: the listener is edge-triggered
+/// and will not report the connections already waiting in it.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// Whether a frame of `len` bytes may join `unread` bytes in a worker's ring:
+/// the bytes bound, except that one frame always fits in an empty ring.
+fn ring_has_room(unread: u64, len: u64) -> bool {
+    unread == 0 || unread + len <= WORKER_RING_BYTES_MAX
+}
+
+struct Feed {
+    stream: TcpStream,
+    buf: Box<[u8]>,
+    start: usize,
+    filled: usize,
+    /// Lines seen on this connection (numbering starts at 1).
+    line: u64,
+    /// Inside a line already rejected as too long: drop bytes to its newline.
+    discarding: bool,
+    out: Vec<u8>,
+    out_dropped: u64,
+}
+
+/// The ingest thread's state.
+pub struct Ingest {
+    poll: Poll,
+    listener: TcpListener,
+    feeds: Slab<Feed>,
+    /// Whether the backlog must be accepted again (after EMFILE) at `ACCEPT_RETRY`.
+    accept_retry: bool,
+    /// An accept failed and nothing was accepted since (logged once).
+    accept_failing: bool,
+    parser: LineParser,
+    sequencer: Sequencer,
+    to_workers: Vec<Producer<ToWorker>>,
+    worker_bells: Vec<Arc<Doorbell>>,
+    /// Per worker: frame bytes it has taken, and bytes pushed to it.
+    ring_bytes: Vec<Arc<RingBytes>>,
+    pushed_bytes: Vec<u64>,
+    from_workers: Vec<Consumer<ToIngest>>,
+    bell: Arc<Doorbell>,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<AtomicBool>,
+    max_line: usize,
+    messages: u64,
+    bytes: u64,
+    rejects: [u64; 6],
+    ring_full_waits: u64,
+    loop_turns: u64,
+}
+
+/// Everything the ingest thread is built from.
+pub struct IngestParts {
+    /// Its Poll (its waker is registered with `WAKER_TOKEN`).
+    pub poll: Poll,
+    /// The bound listener.
+    pub listener: std::net::TcpListener,
+    /// One producer per worker.
+    pub to_workers: Vec<Producer<ToWorker>>,
+    /// One doorbell per worker.
+    pub worker_bells: Vec<Arc<Doorbell>>,
+    /// Per worker: frame bytes it has taken off its ring.
+    pub ring_bytes: Vec<Arc<RingBytes>>,
+    /// One control consumer per worker.
+    pub from_workers: Vec<Consumer<ToIngest>>,
+    /// The ingest thread's own doorbell.
+    pub bell: Arc<Doorbell>,
+    /// Shared metrics.
+    pub metrics: Arc<Metrics>,
+    /// Set to stop.
+    pub shutdown: Arc<AtomicBool>,
+    /// Longest line.
+    pub max_line: usize,
+    /// Channel limit.
+    pub max_channels: usize,
+}
+
+/// The token the ingest Poll's waker must use.
+pub const WAKER_TOKEN: Token = WAKER;
+
+impl Ingest {
+    /// Builds the ingest loop.
+    ///
+    /// # Errors
+    /// Registering the listener failed.
+    pub fn new(p: IngestParts) -> io::Result<Self> {
+        p.listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(p.listener);
+        p.poll
+            .registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Ingest {
+            poll: p.poll,
+            listener,
+            feeds: Slab::new(),
+            accept_retry: false,
+            accept_failing: false,
+            parser: LineParser::default(),
+            sequencer: Sequencer::new(p.max_channels),
+            to_workers: p.to_workers,
+            worker_bells: p.worker_bells,
+            pushed_bytes: vec![0; p.ring_bytes.len()],
+            ring_bytes: p.ring_bytes,
+            from_workers: p.from_workers,
+            bell: p.bell,
+            metrics: p.metrics,
+            shutdown: p.shutdown,
+            max_line: p.max_line,
+            messages: 0,
+            bytes: 0,
+            rejects: [0; 6],
+            ring_full_waits: 0,
+            loop_turns: 0,
+        })
+    }
+
+    /// Runs until shutdown.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        let mut retry: Vec<usize> = Vec::new();
+        while !self.shutdown.load(Ordering::Relaxed) {
+            self.loop_turns += 1;
+            let busy = self.serve_control() || !retry.is_empty();
+            let timeout = if busy {
+                Some(Duration::ZERO)
+            } else {
+                self.bell.prepare_sleep();
+                if self.from_workers.iter().any(|c| !c.is_empty()) {
+                    Some(Duration::ZERO)
+                } else if self.accept_retry {
+                    Some(ACCEPT_RETRY)
+                } else {
+                    Some(IDLE_POLL)
+                }
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                tracing_error(&format!("ingest poll failed: {e}"));
+                break;
+            }
+            self.bell.awake();
+            if self.accept_retry {
+                self.accept();
+            }
+            let mut again = std::mem::take(&mut retry);
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(key) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            again.push(key);
+                        }
+                        if event.is_writable() {
+                            self.flush_feed(key);
+                        }
+                    }
+                }
+            }
+            again.sort_unstable();
+            again.dedup();
+            for key in again {
+                if self.read_feed(key) {
+                    retry.push(key);
+                }
+            }
+            self.publish();
+        }
+        self.publish();
+    }
+
+    fn accept(&mut self) {
+        self.accept_retry = false;
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    self.accept_failing = false;
+                    let _ = stream.set_nodelay(true);
+                    let entry = self.feeds.vacant_entry();
+                    let key = entry.key();
+                    if self
+                        .poll
+                        .registry()
+                        .register(
+                            &mut stream,
+                            Token(key),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    entry.insert(Feed {
+                        stream,
+                        buf: vec![0; self.max_line + READ_CHUNK].into_boxed_slice(),
+                        start: 0,
+                        filled: 0,
+                        line: 0,
+                        discarding: false,
+                        out: Vec::new(),
+                        out_dropped: 0,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: the connections stay in the backlog
+                    // and are accepted once descriptors are free again.
+                    if !self.accept_failing {
+                        tracing_error(&format!("ingest accept failed: {e} (retrying)"));
+                    }
+                    self.accept_failing = true;
+                    self.accept_retry = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads and processes a feed; true if it has more to read (fairness cap).
+    fn read_feed(&mut self, key: usize) -> bool {
+        for _ in 0..READS_PER_TURN {
+            let Some(feed) = self.feeds.get_mut(key) else {
+                return false;
+            };
+            if feed.filled == feed.buf.len() {
+                // process() leaves at most max_line bytes, so this is not
+                // reached; were it, reading into an empty slice would look
+                // like EOF and close the feed, so make room first.
+                self.process(key);
+                let feed = &mut self.feeds[key];
+                if feed.filled == feed.buf.len() {
+                    self.drop_overlong(key);
+                }
+                continue;
+            }
+            let n = match feed.stream.read(&mut feed.buf[feed.filled..]) {
+                Ok(0) => {
+                    self.close_feed(key);
+                    return false;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.close_feed(key);
+                    return false;
+                }
+            };
+            feed.filled += n;
+            self.process(key);
+            self.ring_workers();
+            self.flush_feed(key);
+        }
+        true
+    }
+
+    /// Splits complete lines out of a feed's buffer and ingests them.
+    fn process(&mut self, key: usize) {
+        let now = clock::now_ns();
+        let max_line = self.max_line;
+        loop {
+            let feed = &mut self.feeds[key];
+            let window = &feed.buf[feed.start..feed.filled];
+            let Some(nl) = memchr::memchr(b'\n', window) else {
+                break;
+            };
+            let line_start = feed.start;
+            feed.start += nl + 1;
+            if feed.discarding {
+                // The tail of a line already rejected as too long.
+                feed.discarding = false;
+                continue;
+            }
+            feed.line += 1;
+            let line_no = feed.line;
+            self.bytes += nl as u64 + 1;
+            if nl > max_line {
+                self.reject(key, Reject::LineTooLong, line_no);
+                continue;
+            }
+            // Borrow the line out of the feed's buffer while sequencing: the
+            // buffer is a separate allocation from the sequencer's state.
+            let feed = &self.feeds[key];
+            let line = &feed.buf[line_start..line_start + nl];
+            match accept_line(&mut self.parser, &mut self.sequencer, line, now) {
+                Ok(Some(update)) => {
+                    self.messages += 1;
+                    self.fan_out(update);
+                }
+                Ok(None) => {}
+                Err(reason) => self.reject(key, reason, line_no),
+            }
+        }
+        let feed = &mut self.feeds[key];
+        let left = feed.filled - feed.start;
+        if feed.discarding {
+            feed.start = 0;
+            feed.filled = 0;
+        } else if left > max_line {
+            self.drop_overlong(key);
+        } else {
+            feed.buf.copy_within(feed.start..feed.filled, 0);
+            feed.filled = left;
+            feed.start = 0;
+        }
+    }
+
+    /// A line with no newline within `max_line`: rejected now, and the rest
+    /// of it dropped up to its newline.
+    fn drop_overlong(&mut self, key: usize) {
+        let feed = &mut self.feeds[key];
+        let left = feed.filled - feed.start;
+        feed.line += 1;
+        let line_no = feed.line;
+        feed.discarding = true;
+        feed.start = 0;
+        feed.filled = 0;
+        self.bytes += left as u64;
+        self.reject(key, Reject::LineTooLong, line_no);
+    }
+
+    fn fan_out(&mut self, update: Update) {
+        let last = self.to_workers.len() - 1;
+        let mut update = Some(update);
+        for w in 0..=last {
+            // The last worker takes the original: one refcount bump fewer.
+            let u = if w == last {
+                update.take().expect("update")
+            } else {
+                update.as_ref().expect("update").clone()
+            };
+            self.push(w, ToWorker::Update(u));
+        }
+    }
+
+    /// Pushes to a worker's ring, waiting while it is full. Waiting is the
+    /// backpressure: the feed's TCP window closes and nothing is dropped.
+    fn push(&mut self, worker: usize, mut msg: ToWorker) {
+        let len = match &msg {
+            ToWorker::Update(u) => u.frame.len() as u64,
+            ToWorker::Subscribed(_) => 0,
+        };
+        loop {
+            let unread = self.pushed_bytes[worker] - self.ring_bytes[worker].consumed();
+            let pushed = if ring_has_room(unread, len) {
+                self.to_workers[worker].push(msg)
+            } else {
+                Err(PushError::Full(msg))
+            };
+            match pushed {
+                Ok(()) => {
+                    self.pushed_bytes[worker] += len;
+                    return;
+                }
+                Err(PushError::Full(back)) => {
+                    msg = back;
+                    self.ring_full_waits += 1;
+                    self.worker_bells[worker].ring();
+                    if self.shutdown.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+            }
+        }
+    }
+
+    fn ring_workers(&self) {
+        for bell in &self.worker_bells {
+            bell.ring();
+        }
+    }
+
+    fn reject(&mut self, key: usize, reason: Reject, line_no: u64) {
+        self.rejects[reason.index()] += 1;
+        let feed = &mut self.feeds[key];
+        if feed.out.len() > FEED_OUT_MAX {
+            feed.out_dropped += 1;
+            return;
+        }
+        let mut n = itoa::Buffer::new();
+        feed.out.extend_from_slice(b"{\"error\":\"");
+        feed.out.extend_from_slice(reason.message().as_bytes());
+        feed.out.extend_from_slice(b"\",\"line\":");
+        feed.out.extend_from_slice(n.format(line_no).as_bytes());
+        feed.out.extend_from_slice(b"}\n");
+    }
+
+    fn flush_feed(&mut self, key: usize) {
+        let Some(feed) = self.feeds.get_mut(key) else {
+            return;
+        };
+        while !feed.out.is_empty() {
+            match feed.stream.write(&feed.out) {
+                Ok(0) => break,
+                Ok(n) => {
+                    feed.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn close_feed(&mut self, key: usize) {
+        let mut feed = self.feeds.remove(key);
+        // A last unterminated line still counts: feeds may omit the final newline.
+        if !feed.discarding && feed.filled > feed.start {
+            let now = clock::now_ns();
+            let bytes = &feed.buf[feed.start..feed.filled];
+            match accept_line(&mut self.parser, &mut self.sequencer, bytes, now) {
+                Ok(Some(update)) => {
+                    self.messages += 1;
+                    self.bytes += bytes.len() as u64;
+                    self.fan_out(update);
+                    self.ring_workers();
+                }
+                Ok(None) => {}
+                // Nobody is left to tell; count it.
+                Err(reason) => self.rejects[reason.index()] += 1,
+            }
+        }
+        let _ = self.poll.registry().deregister(&mut feed.stream);
+    }
+
+    /// Answers subscribe requests; true if any were served.
+    fn serve_control(&mut self) -> bool {
+        let mut served = false;
+        for w in 0..self.from_workers.len() {
+            while let Ok(msg) = self.from_workers[w].pop() {
+                served = true;
+                let (worker, conn, names) = match msg {
+                    ToIngest::Subscribe {
+                        worker,
+                        conn,
+                        names,
+                    } => (worker, conn, names),
+                    ToIngest::Release { channels } => {
+                        for id in channels {
+                            self.sequencer.release(id);
+                        }
+                        continue;
+                    }
+                };
+                debug_assert_eq!(worker, w);
+                let channels = names
+                    .iter()
+                    .map(|n| {
+                        let id = self.sequencer.resolve(n)?;
+                        self.sequencer.grant(id);
+                        Some((id, self.sequencer.snapshot(id)))
+                    })
+                    .collect();
+                let reply = ToWorker::Subscribed(Box::new(SubscribeReply {
+                    conn,
+                    names,
+                    channels,
+                }));
+                self.push(worker, reply);
+                self.worker_bells[worker].ring();
+            }
+        }
+        served
+    }
+
+    fn publish(&self) {
+        let i = &self.metrics.ingest;
+        let r = Ordering::Relaxed;
+        i.feed_connections.store(self.feeds.len() as u64, r);
+        i.messages.store(self.messages, r);
+        i.bytes.store(self.bytes, r);
+        for (k, v) in self.rejects.iter().enumerate() {
+            i.rejects[k].store(*v, r);
+        }
+        i.channels.store(self.sequencer.channel_count() as u64, r);
+        i.ring_full_waits.store(self.ring_full_waits, r);
+        i.loop_turns.store(self.loop_turns, r);
+    }
+}
+
+fn tracing_error(msg: &str) {
+    eprintln!("tickwire: {msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_ring_is_bounded_in_bytes() {
+        let max = WORKER_RING_BYTES_MAX;
+        assert!(ring_has_room(0, 4 * max), "one frame fits an empty ring");
+        assert!(ring_has_room(max - 100, 100));
+        assert!(!ring_has_room(max - 100, 101));
+        assert!(!ring_has_room(1, max));
+        // 64 KiB lines: the bytes bound, not the 65,536 slots, stops them.
+        let line = 64 * 1024 + 20;
+        let mut unread = 0;
+        let mut frames = 0;
+        while ring_has_room(unread, line) {
+            unread += line;
+            frames += 1;
+        }
+        assert!(frames < crate::ring::WORKER_RING_CAPACITY as u64);
+        assert!(unread <= max);
+    }
+}

@@ -1,0 +1,155 @@
+//! One client connection on a worker: its transport, where it is in its
+//! life, its outbound queue, its WebSocket input state and its
+//! subscriptions. The worker's parts act on it; it holds no logic of the
+//! event loop itself.
+
+use crate::protocol::ws::Reassembly;
+use crate::ring::ConnKey;
+use crate::transport::Transport;
+use crate::worker::conflate::{EntryRef, OutQueue};
+use crate::worker::subscriptions::Subscriptions;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the HTTP request head.
+    Handshake,
+    /// WebSocket open.
+    Open,
+    /// An HTTP response is being rendered off the worker (the metrics
+    /// page); it closes like `Closing` once it is queued.
+    Responding {
+        /// When the request arrived (ms).
+        since_ms: u64,
+    },
+    /// A final response or close frame is queued: write it, then end the
+    /// stream. Input is read and dropped.
+    Closing {
+        /// When it started closing (ms on the worker clock).
+        since_ms: u64,
+    },
+    /// Everything is written and our side shut down; reading (and dropping)
+    /// until the peer closes too, so unread input cannot turn the close into
+    /// a reset that discards the last frames.
+    Lingering {
+        /// When the write side was shut (ms).
+        since_ms: u64,
+    },
+}
+
+impl Phase {
+    /// Closing or lingering: no more requests are served.
+    pub fn is_ending(self) -> bool {
+        matches!(
+            self,
+            Phase::Responding { .. } | Phase::Closing { .. } | Phase::Lingering { .. }
+        )
+    }
+}
+
+/// Input that did not make a whole request head or frame yet, and a
+/// fragmented message: allocated only while it holds something.
+#[derive(Debug, Default)]
+pub struct PartialInput {
+    /// Unparsed bytes (a partial frame or request head).
+    pub bytes: Vec<u8>,
+    /// A fragmented message being reassembled.
+    pub message: Reassembly,
+}
+
+impl PartialInput {
+    /// Whether it holds nothing (then the connection frees it).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.message.opcode == 0 && self.message.message.is_empty()
+    }
+}
+
+/// One connection. Kept small: an idle connection costs its socket, this
+/// struct and its slab slot; buffers are allocated only while they hold
+/// something.
+#[derive(Debug)]
+pub struct Conn {
+    /// The client's byte stream.
+    pub transport: Transport,
+    /// Slab slot and generation.
+    pub key: ConnKey,
+    /// Life phase.
+    pub phase: Phase,
+    /// Outbound frames.
+    pub out: OutQueue,
+    /// Partial input, if any.
+    pub input: Option<Box<PartialInput>>,
+    /// Channels and reply order.
+    pub subs: Subscriptions<EntryRef>,
+    /// Last time anything arrived (ms on the worker's clock).
+    pub last_rx_ms: u64,
+    /// Last ping sent (ms).
+    pub last_ping_ms: u64,
+    /// Since when the socket has taken no bytes while frames wait (ms).
+    pub stalled_since_ms: Option<u64>,
+    /// In the worker's dirty list this turn.
+    pub dirty: bool,
+    /// The socket returned WouldBlock: wait for a writable event.
+    pub write_blocked: bool,
+    /// Reading was cut short for fairness: read again next turn.
+    pub read_pending: bool,
+    /// Input is not read while too many replies wait unread by the client;
+    /// a flush that drains them resumes it.
+    pub read_paused: bool,
+}
+
+impl Conn {
+    /// A new connection in the handshake phase.
+    pub fn new(transport: Transport, key: ConnKey, now_ms: u64) -> Self {
+        Conn {
+            transport,
+            key,
+            phase: Phase::Handshake,
+            out: OutQueue::default(),
+            input: None,
+            subs: Subscriptions::default(),
+            last_rx_ms: now_ms,
+            last_ping_ms: now_ms,
+            stalled_since_ms: None,
+            dirty: false,
+            write_blocked: false,
+            read_pending: false,
+            read_paused: false,
+        }
+    }
+
+    /// Queues a reply made on the worker, behind the answers to subscribe
+    /// requests still in flight (so replies keep the order of the requests).
+    pub fn reply(&mut self, frame: EntryRef) {
+        if self.subs.must_hold() {
+            let n = frame.bytes.len();
+            self.subs.hold(frame, n);
+        } else {
+            self.out.push_control(frame);
+        }
+    }
+
+    /// A subscribe answer went out: queue the local replies that waited for it.
+    pub fn release_held(&mut self) {
+        let out = &mut self.out;
+        self.subs.answered(|f| out.push_control(f));
+    }
+
+    /// Reply bytes waiting for the client: queued and held.
+    pub fn reply_bytes(&self) -> usize {
+        self.out.control_bytes() + self.subs.held_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_connection_state_stays_small() {
+        // Part of the 512-bytes-per-idle-connection budget (README, S5).
+        let size = std::mem::size_of::<Conn>();
+        eprintln!("Conn is {size} bytes");
+        assert!(size <= 240, "Conn grew to {size} bytes");
+    }
+}

@@ -1,0 +1,300 @@
+//! Client input: reads a connection's socket, parses the HTTP request head
+//! or WebSocket frames (sans-io parsers in [`crate::protocol`]), and acts on
+//! the events: requests, pings, close.
+
+use std::io::{self, Read};
+
+use bytes::Bytes;
+
+use crate::protocol::client;
+use crate::protocol::client::ErrorCode;
+use crate::protocol::frame::{self, CloseCode};
+use crate::protocol::http::{self, Request};
+use crate::protocol::ws::{self, Violation, WsEvent};
+use crate::worker::Worker;
+use crate::worker::conflate::Entry;
+use crate::worker::conn::{Conn, PartialInput, Phase};
+use crate::worker::timers;
+
+/// Read buffer shared by all connections of a worker: one socket read's worth.
+pub const READ_SCRATCH: usize = 64 * 1024;
+/// Reads per connection per turn before others get a go (fairness).
+const READS_PER_TURN: usize = 8;
+/// Replies (acks, errors, pongs) waiting unread, in multiples of the outbound
+/// budget: past 1x the client's input is no longer read until they drain;
+/// past this, reached within one read, the client is cut (1008): it sends
+/// requests faster than it reads the answers.
+const CONTROL_BUDGETS_MAX: usize = 4;
+
+/// A client event copied out of the read buffer.
+#[derive(Debug)]
+pub enum OwnedEvent {
+    /// A complete text message.
+    Text(Vec<u8>),
+    /// A complete binary message.
+    Binary,
+    /// A ping with its payload.
+    Ping(Bytes),
+    /// A pong.
+    Pong,
+    /// A close frame with its code (1005: none).
+    Close(u16),
+}
+
+impl Worker {
+    /// Reads a connection until its socket is drained or its fairness share
+    /// is used, acting on what it sent.
+    pub(crate) fn read(&mut self, slot: u32) {
+        let budget = self.config.outbound_budget;
+        for _ in 0..READS_PER_TURN {
+            let Some(conn) = self.conns.get_mut(slot as usize) else {
+                return;
+            };
+            conn.read_pending = false;
+            let ending = conn.phase.is_ending();
+            if !ending && conn.reply_bytes() > budget {
+                // Its replies are not being read: leave its requests in the
+                // socket (TCP backpressure) until the flush resumes reading.
+                conn.read_paused = true;
+                return;
+            }
+            let n = match conn.transport.read(&mut self.scratch) {
+                Ok(0) => {
+                    self.close(slot);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.close(slot);
+                    return;
+                }
+            };
+            conn.last_rx_ms = self.now_ms;
+            if ending {
+                // Dropped: only our last frames matter now.
+                continue;
+            }
+            match conn.input.take() {
+                None => {
+                    let used = self.input(slot, n, None);
+                    if used < n {
+                        let conn = &mut self.conns[slot as usize];
+                        let p = conn.input.get_or_insert_with(Box::default);
+                        p.bytes.extend_from_slice(&self.scratch[used..n]);
+                    }
+                }
+                Some(mut p) => {
+                    p.bytes.extend_from_slice(&self.scratch[..n]);
+                    let used = self.input(slot, 0, Some(&mut *p));
+                    p.bytes.drain(..used);
+                    if p.bytes.capacity() > READ_SCRATCH && p.bytes.len() < READ_SCRATCH {
+                        p.bytes.shrink_to(READ_SCRATCH);
+                    }
+                    // Partial input is rare; an idle connection holds no buffer.
+                    if !p.is_empty() {
+                        self.conns[slot as usize].input = Some(p);
+                    }
+                }
+            }
+            self.apply_events(slot);
+        }
+        if let Some(conn) = self.conns.get_mut(slot as usize) {
+            conn.read_pending = true;
+            self.read_retry.push(slot);
+        }
+    }
+
+    /// Parses input bytes (the first `n` of the scratch buffer, or the
+    /// connection's partial input) and returns the bytes consumed. Events
+    /// land in `self.events`.
+    fn input(&mut self, slot: u32, n: usize, partial: Option<&mut PartialInput>) -> usize {
+        let Worker {
+            conns,
+            scratch,
+            events,
+            config,
+            dirty,
+            stats,
+            pages,
+            admin,
+            now_ms,
+            index,
+            link,
+            id,
+            ..
+        } = self;
+        let conn = &mut conns[slot as usize];
+        let (data, message): (&mut [u8], _) = match partial {
+            None => (&mut scratch[..n], None),
+            Some(p) => (&mut p.bytes[..], Some(&mut p.message)),
+        };
+        let mut used = 0;
+        if conn.phase == Phase::Handshake {
+            match http::parse(data) {
+                None => return 0,
+                Some(Request::Upgrade { accept, head_len }) => {
+                    conn.out
+                        .push_control(Entry::control(http::switching_protocols(&accept)));
+                    conn.phase = Phase::Open;
+                    conn.last_ping_ms = *now_ms;
+                    used = head_len;
+                    dirty.mark(conn, slot);
+                }
+                Some(Request::Respond(resp)) => {
+                    stats.counters.http_requests += 1;
+                    if http::is_reject(resp) {
+                        stats.counters.http_rejects += 1;
+                    }
+                    let head_only = http::is_head(data);
+                    if resp == http::Response::Metrics && admin.request(*id, conn.key, head_only) {
+                        // The admin thread renders it; queued when it comes back.
+                        timers::enter_closing(conn, index, link, *now_ms);
+                        conn.phase = Phase::Responding { since_ms: *now_ms };
+                        return data.len();
+                    }
+                    let bytes = http::render(resp, head_only, pages);
+                    conn.out.push_control(Entry::control(bytes));
+                    timers::enter_closing(conn, index, link, *now_ms);
+                    dirty.mark(conn, slot);
+                    return data.len();
+                }
+            }
+        }
+        let mut spare = ws::Reassembly::default();
+        let message = match message {
+            Some(m) => m,
+            None => &mut spare,
+        };
+        let result = ws::read_frames(
+            &mut data[used..],
+            config.max_frame_size,
+            &mut message.message,
+            &mut message.opcode,
+            |e| {
+                events.push(match e {
+                    WsEvent::Text(t) => OwnedEvent::Text(t.to_vec()),
+                    WsEvent::Binary => OwnedEvent::Binary,
+                    WsEvent::Ping(p) => OwnedEvent::Ping(Bytes::copy_from_slice(p)),
+                    WsEvent::Pong => OwnedEvent::Pong,
+                    WsEvent::Close(c) => OwnedEvent::Close(c),
+                })
+            },
+        );
+        let consumed = match result {
+            Ok(k) => used + k,
+            Err(v) => {
+                let len = data.len();
+                if spare.opcode != 0 || !spare.message.is_empty() {
+                    self.keep_reassembly(slot, spare);
+                }
+                self.violation(slot, v);
+                return len;
+            }
+        };
+        if spare.opcode != 0 || !spare.message.is_empty() {
+            // A fragmented message began in a read that had no partial input.
+            self.keep_reassembly(slot, spare);
+        }
+        consumed
+    }
+
+    fn keep_reassembly(&mut self, slot: u32, message: ws::Reassembly) {
+        let conn = &mut self.conns[slot as usize];
+        let p = conn.input.get_or_insert_with(Box::default);
+        p.message = message;
+    }
+
+    fn violation(&mut self, slot: u32, v: Violation) {
+        self.stats.counters.protocol_closes += 1;
+        // Events parsed before the violation still count; the close follows them.
+        let events = std::mem::take(&mut self.events);
+        for ev in events {
+            if let OwnedEvent::Text(t) = ev {
+                self.client_message(slot, &t);
+            }
+        }
+        let Worker {
+            conns,
+            index,
+            link,
+            dirty,
+            now_ms,
+            ..
+        } = self;
+        let conn = &mut conns[slot as usize];
+        conn.out
+            .push_control(Entry::control(frame::close(v.code, v.reason)));
+        timers::enter_closing(conn, index, link, *now_ms);
+        dirty.mark(conn, slot);
+    }
+
+    /// Acts on the client events the last read produced.
+    fn apply_events(&mut self, slot: u32) {
+        let events = std::mem::take(&mut self.events);
+        let control_max = CONTROL_BUDGETS_MAX * self.config.outbound_budget;
+        for ev in &events {
+            let Some(conn) = self.conns.get_mut(slot as usize) else {
+                break;
+            };
+            if conn.phase != Phase::Open {
+                break;
+            }
+            if conn.reply_bytes() > control_max {
+                self.stats.counters.protocol_closes += 1;
+                timers::cut(
+                    conn,
+                    &mut self.index,
+                    &mut self.link,
+                    self.now_ms,
+                    "too many requests: the client does not read the replies",
+                );
+                self.dirty.mark(conn, slot);
+                break;
+            }
+            match ev {
+                OwnedEvent::Text(text) => self.client_message(slot, text),
+                OwnedEvent::Binary => {
+                    self.stats.counters.client_errors += 1;
+                    let f = client::error_frame(
+                        ErrorCode::Unsupported,
+                        "binary messages are not supported: send JSON text",
+                    );
+                    conn.reply(Entry::control(f));
+                }
+                OwnedEvent::Ping(payload) => {
+                    conn.out
+                        .push_pong(Entry::control(frame::build(frame::OPCODE_PONG, payload)));
+                }
+                OwnedEvent::Pong => {}
+                OwnedEvent::Close(code) => {
+                    // Echo the peer's code (RFC 6455 5.5.1; read_frames let
+                    // only valid ones through); 1000 when it sent none.
+                    let code = if *code == 1005 {
+                        CloseCode::Normal as u16
+                    } else {
+                        *code
+                    };
+                    conn.out.push_control(Entry::control(frame::build(
+                        frame::OPCODE_CLOSE,
+                        &code.to_be_bytes(),
+                    )));
+                    timers::enter_closing(conn, &mut self.index, &mut self.link, self.now_ms);
+                }
+            }
+            if let Some(conn) = self.conns.get_mut(slot as usize) {
+                self.dirty.mark(conn, slot);
+            }
+        }
+        let mut events = events;
+        events.clear();
+        self.events = events;
+    }
+}
+
+/// Whether a connection that is only reading to drop input should be
+/// closed: it has lingered past `grace_ms`.
+pub fn lingered_out(conn: &Conn, now_ms: u64, grace_ms: u64) -> bool {
+    matches!(conn.phase, Phase::Lingering { since_ms } if now_ms.saturating_sub(since_ms) >= grace_ms)
+}

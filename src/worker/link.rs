@@ -1,0 +1,104 @@
+//! The worker's link to the ingest thread: its ring of updates and replies
+//! (in), its ring of requests (out) with a backlog for when that ring is
+//! full, and the byte count that bounds the inbound ring.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use rtrb::{Consumer, Producer};
+
+use crate::channel::ChannelId;
+use crate::ring::{ConnKey, Doorbell, RingBytes, ToIngest, ToWorker};
+
+/// Both directions between one worker and the ingest thread.
+pub struct IngestLink {
+    worker: usize,
+    from_ingest: Consumer<ToWorker>,
+    to_ingest: Producer<ToIngest>,
+    /// Requests the ring had no room for, sent first next time.
+    backlog: VecDeque<ToIngest>,
+    ingest_bell: Arc<Doorbell>,
+    ring_bytes: Arc<RingBytes>,
+    /// Frame bytes taken off the ring since start.
+    consumed: u64,
+}
+
+impl IngestLink {
+    /// A link for worker `worker`.
+    pub fn new(
+        worker: usize,
+        from_ingest: Consumer<ToWorker>,
+        to_ingest: Producer<ToIngest>,
+        ingest_bell: Arc<Doorbell>,
+        ring_bytes: Arc<RingBytes>,
+    ) -> Self {
+        IngestLink {
+            worker,
+            from_ingest,
+            to_ingest,
+            backlog: VecDeque::new(),
+            ingest_bell,
+            ring_bytes,
+            consumed: 0,
+        }
+    }
+
+    /// The next update or reply, in ring order.
+    #[inline]
+    pub fn pop(&mut self) -> Option<ToWorker> {
+        self.from_ingest.pop().ok()
+    }
+
+    /// Whether nothing waits on the inbound ring.
+    pub fn ring_is_empty(&self) -> bool {
+        self.from_ingest.is_empty()
+    }
+
+    /// Reports `bytes` more frame bytes taken off the ring (once per drain,
+    /// not per message).
+    #[inline]
+    pub fn consumed(&mut self, bytes: u64) {
+        if bytes > 0 {
+            self.consumed += bytes;
+            self.ring_bytes.set_consumed(self.consumed);
+        }
+    }
+
+    /// Asks ingest to resolve and snapshot `names` for `conn`.
+    pub fn subscribe(&mut self, conn: ConnKey, names: Vec<Box<str>>) {
+        self.backlog.push_back(ToIngest::Subscribe {
+            worker: self.worker,
+            conn,
+            names,
+        });
+    }
+
+    /// Gives the ingest thread back the references these ids held.
+    pub fn release(&mut self, channels: Vec<ChannelId>) {
+        if !channels.is_empty() {
+            self.backlog.push_back(ToIngest::Release { channels });
+        }
+    }
+
+    /// Whether requests wait to be sent.
+    pub fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Sends what the request ring takes and rings the ingest thread.
+    pub fn send_backlog(&mut self) {
+        let mut sent = false;
+        while let Some(msg) = self.backlog.pop_front() {
+            match self.to_ingest.push(msg) {
+                Ok(()) => sent = true,
+                Err(rtrb::PushError::Full(msg)) => {
+                    self.backlog.push_front(msg);
+                    break;
+                }
+            }
+        }
+        if sent {
+            self.ingest_bell.ring();
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The write path: the dirty list (connections with something due this
+//! turn), one gathered write per connection per pass, the delivery and
+//! latency counts, and what a blocked socket means (conflation, stall
+//! clock).
+
+use hdrhistogram::Histogram;
+
+use crate::channel::ChannelId;
+use crate::clock;
+use crate::metrics::{self, WorkerCounters};
+use crate::worker::Worker;
+use crate::worker::conflate::Flushed;
+use crate::worker::conn::{Conn, Phase};
+
+/// A queue that grew past this many entries is freed when it empties, so a
+/// burst does not pin memory on an idle connection.
+const QUEUE_KEEP_ENTRIES: usize = 1024;
+
+/// Connections with something to write this turn, each listed once.
+#[derive(Debug)]
+pub struct DirtyList {
+    slots: Vec<u32>,
+}
+
+impl Default for DirtyList {
+    fn default() -> Self {
+        DirtyList {
+            slots: Vec::with_capacity(1024),
+        }
+    }
+}
+
+impl DirtyList {
+    /// Lists `conn` (in `slot`) unless it is listed already.
+    #[inline]
+    pub fn mark(&mut self, conn: &mut Conn, slot: u32) {
+        if !conn.dirty {
+            conn.dirty = true;
+            self.slots.push(slot);
+        }
+    }
+
+    /// Whether nothing is listed.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+/// The worker's own counters and latency histogram, published once per turn
+/// (counters) and merged once a second (latency).
+#[derive(Debug)]
+pub struct LocalStats {
+    /// Counters, published with one relaxed store each.
+    pub counters: WorkerCounters,
+    /// Ingest-to-write latency of the updates delivered since the last merge.
+    pub latency: Histogram<u64>,
+}
+
+impl Default for LocalStats {
+    fn default() -> Self {
+        LocalStats {
+            counters: WorkerCounters::default(),
+            latency: metrics::latency_histogram(),
+        }
+    }
+}
+
+/// The peer is gone (a write failed): close the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerGone;
+
+/// Writes what the connection's queue holds, records deliveries and latency,
+/// and tracks stalls.
+///
+/// # Errors
+/// [`PeerGone`] when the transport failed.
+pub fn write_out(
+    conn: &mut Conn,
+    stats: &mut LocalStats,
+    now_ms: u64,
+    conflate_on_block: bool,
+) -> Result<Flushed, PeerGone> {
+    let now_ns = clock::now_ns();
+    let LocalStats { counters, latency } = stats;
+    counters.flushes += 1;
+    let result = conn.out.flush(&mut conn.transport, |f| {
+        if f.channel != ChannelId::NONE {
+            counters.deliveries += f.count();
+            f.for_each_ingest_ns(|t| {
+                let ns = now_ns.saturating_sub(t).max(100);
+                let _ = latency.record(ns.min(60_000_000_000));
+            });
+        }
+    });
+    match result {
+        Ok((Flushed::Drained, n)) => {
+            counters.bytes_out += n as u64;
+            conn.stalled_since_ms = None;
+            if conn.out.capacity() > QUEUE_KEEP_ENTRIES {
+                conn.out.shrink_if_idle(QUEUE_KEEP_ENTRIES);
+            }
+            Ok(Flushed::Drained)
+        }
+        Ok((Flushed::Blocked, n)) => {
+            counters.bytes_out += n as u64;
+            conn.write_blocked = true;
+            if conflate_on_block {
+                // The client is not keeping up: from now on it gets the
+                // newest value of each channel, not a backlog.
+                conn.out.start_conflating();
+            }
+            if n > 0 || conn.stalled_since_ms.is_none() {
+                conn.stalled_since_ms = Some(now_ms);
+            }
+            Ok(Flushed::Blocked)
+        }
+        Err(_) => Err(PeerGone),
+    }
+}
+
+impl Worker {
+    /// Writes every connection marked dirty; returns how many were written.
+    pub(crate) fn flush_dirty(&mut self) -> usize {
+        let mut dirty = std::mem::take(&mut self.dirty.slots);
+        let mut written = 0;
+        for &slot in &dirty {
+            let Some(conn) = self.conns.get_mut(slot as usize) else {
+                continue;
+            };
+            if !conn.dirty {
+                continue;
+            }
+            conn.dirty = false;
+            if !conn.write_blocked {
+                self.flush(slot);
+                written += 1;
+            }
+        }
+        dirty.clear();
+        // Flushes may have closed connections; none re-marks during the loop.
+        debug_assert!(self.dirty.is_empty());
+        self.dirty.slots = dirty;
+        written
+    }
+
+    fn flush(&mut self, slot: u32) {
+        let conn = &mut self.conns[slot as usize];
+        match write_out(
+            conn,
+            &mut self.stats,
+            self.now_ms,
+            self.config.conflate_on_block,
+        ) {
+            Ok(Flushed::Drained) if matches!(conn.phase, Phase::Closing { .. }) => {
+                // All written: end our side, and read until the peer ends
+                // its, so unread input cannot reset the connection and
+                // discard what is still in flight.
+                conn.transport.shutdown_write();
+                conn.phase = Phase::Lingering {
+                    since_ms: self.now_ms,
+                };
+                conn.out.shrink_if_idle(0);
+                conn.read_pending = true;
+                self.read_retry.push(slot);
+            }
+            Ok(_) => {
+                if conn.read_paused && conn.reply_bytes() <= self.config.outbound_budget / 2 {
+                    conn.read_paused = false;
+                    conn.read_pending = true;
+                    self.read_retry.push(slot);
+                }
+            }
+            Err(PeerGone) => self.close(slot),
+        }
+    }
+}

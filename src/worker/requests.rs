@@ -1,0 +1,168 @@
+//! Client requests: subscribe (a round trip to the ingest thread, answered
+//! when the subscription is live), unsubscribe (answered at once, in request
+//! order), and the pages the admin thread rendered for this worker.
+
+use crate::channel::ChannelId;
+use crate::protocol::client::{self, Ack, ClientOp, ErrorCode};
+use crate::ring::SubscribeReply;
+use crate::worker::Worker;
+use crate::worker::conflate::{Entry, EntryRef, Pushed};
+use crate::worker::conn::Phase;
+use crate::worker::subscriptions::Sub;
+
+impl Worker {
+    /// Acts on one client text message.
+    pub(crate) fn client_message(&mut self, slot: u32, text: &[u8]) {
+        let max = self.config.max_channels_per_connection;
+        let Worker {
+            conns,
+            index,
+            link,
+            stats,
+            ..
+        } = self;
+        let conn = &mut conns[slot as usize];
+        match client::parse_client_message(text, max) {
+            Ok(ClientOp::Subscribe(names)) => {
+                let new = names.iter().filter(|n| !conn.subs.contains(n)).count();
+                if conn.subs.len() + new > max {
+                    stats.counters.client_errors += 1;
+                    let msg = format!(
+                        "subscribing to {new} more channels would pass the limit of {max} per connection ({} now)",
+                        conn.subs.len()
+                    );
+                    conn.reply(Entry::control(client::error_frame(
+                        ErrorCode::TooManyChannels,
+                        &msg,
+                    )));
+                    return;
+                }
+                for n in &names {
+                    if !conn.subs.contains(n) {
+                        conn.subs.set(n, Sub::Pending);
+                    }
+                }
+                // The ack waits for the ingest thread's reply: "subscribed"
+                // means live, and every later update of these channels follows.
+                conn.subs.request_sent();
+                link.subscribe(conn.key, names);
+            }
+            Ok(ClientOp::Unsubscribe(names)) => {
+                let mut ended = Vec::new();
+                for n in &names {
+                    if let Some(Sub::Active(id)) = conn.subs.remove(n) {
+                        index.remove(id, slot);
+                        conn.out.forget_channel(id);
+                        ended.push(id);
+                    }
+                }
+                // A pending one is released when its reply finds it gone.
+                link.release(ended);
+                conn.reply(Entry::control(client::ack_frame(Ack::Unsubscribed, &names)));
+            }
+            Err(e) => {
+                stats.counters.client_errors += 1;
+                conn.reply(Entry::control(client::error_frame(e.code, &e.message)));
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// The ingest thread answered a subscribe request: activate what is
+    /// still wanted, ack, and queue the snapshots, in ring order.
+    pub(crate) fn subscribed(&mut self, reply: SubscribeReply) {
+        let slot = reply.conn.slot;
+        let live = self
+            .conns
+            .get(slot as usize)
+            .is_some_and(|c| c.key == reply.conn && c.phase == Phase::Open);
+        if !live {
+            // Closed or closing meanwhile: every id it carried goes back.
+            let ids = reply.channels.iter().flatten().map(|(id, _)| *id).collect();
+            self.link.release(ids);
+            return;
+        }
+        let budget = self.config.outbound_budget;
+        let Worker {
+            conns,
+            index,
+            link,
+            stats,
+            dirty,
+            ..
+        } = self;
+        let conn = &mut conns[slot as usize];
+        let mut returned: Vec<ChannelId> = Vec::new();
+        let mut refused: Vec<Box<str>> = Vec::new();
+        let mut acked: Vec<Box<str>> = Vec::with_capacity(reply.names.len());
+        let mut snapshots: Vec<EntryRef> = Vec::new();
+        for (name, resolved) in reply.names.into_iter().zip(reply.channels) {
+            match conn.subs.get(&name) {
+                Some(Sub::Pending) => {}
+                // Already live from an earlier request: ack, no second
+                // snapshot; the earlier reply's reference is the one kept.
+                // Or unsubscribed while the request was in flight: the
+                // client asked for both, so both are acked (the unsubscribe
+                // ack is held behind this one), but nothing is activated.
+                Some(Sub::Active(_)) | None => {
+                    acked.push(name);
+                    returned.extend(resolved.map(|(id, _)| id));
+                    continue;
+                }
+            }
+            let Some((id, snapshot)) = resolved else {
+                conn.subs.remove(&name);
+                refused.push(name);
+                continue;
+            };
+            conn.subs.set(&name, Sub::Active(id));
+            acked.push(name);
+            index.add(id, slot);
+            if let Some(s) = snapshot {
+                snapshots.push(Entry::from_update(s));
+            }
+        }
+        if !refused.is_empty() {
+            let msg = format!(
+                "the engine's channel limit is reached; not subscribed: {}",
+                refused.join(",")
+            );
+            conn.out.push_control(Entry::control(client::error_frame(
+                ErrorCode::ChannelLimit,
+                &msg,
+            )));
+            stats.counters.client_errors += 1;
+        }
+        if !acked.is_empty() || refused.is_empty() {
+            conn.out
+                .push_control(Entry::control(client::ack_frame(Ack::Subscribed, &acked)));
+        }
+        for f in snapshots {
+            if conn.out.push_update(f, budget) == Pushed::Conflated {
+                stats.counters.conflated += 1;
+            }
+        }
+        conn.release_held();
+        dirty.mark(conn, slot);
+        link.release(returned);
+        self.check_invariants();
+    }
+
+    /// Queues the pages the admin thread rendered for this worker's
+    /// connections (still the same connection: the key's generation).
+    pub(crate) fn serve_admin_replies(&mut self) {
+        while let Some((key, page)) = self.admin.reply() {
+            let Some(conn) = self.conns.get_mut(key.slot as usize) else {
+                continue;
+            };
+            if conn.key != key || !matches!(conn.phase, Phase::Responding { .. }) {
+                continue;
+            }
+            conn.out.push_control(Entry::control(page));
+            conn.phase = Phase::Closing {
+                since_ms: self.now_ms,
+            };
+            self.dirty.mark(conn, key.slot);
+        }
+    }
+}

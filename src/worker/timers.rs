@@ -1,0 +1,184 @@
+//! Timers and endings: heartbeats, the handshake, idle, slow-consumer and
+//! closing deadlines (checked once per housekeeping tick), shutdown, and the
+//! ways a connection ends (close frame queued, policy cut, socket closed).
+
+use std::sync::atomic::Ordering;
+
+use crate::protocol::frame::{self, CloseCode};
+use crate::worker::Worker;
+use crate::worker::accept::AcceptState;
+use crate::worker::conflate::Entry;
+use crate::worker::conn::{Conn, Phase};
+use crate::worker::fanout::SubscriberIndex;
+use crate::worker::input;
+use crate::worker::link::IngestLink;
+
+/// How long a handshake may take.
+const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// How long a closing connection may take to flush its last frames, and
+/// then to close its side after ours.
+const CLOSING_TIMEOUT_MS: u64 = 2_000;
+
+/// Ends a connection's subscriptions: out of the index, references back to
+/// the ingest thread.
+pub fn unsubscribe_all(conn: &mut Conn, index: &mut SubscriberIndex, link: &mut IngestLink) {
+    let ended = conn.subs.take_active();
+    for &id in &ended {
+        index.remove(id, conn.key.slot);
+    }
+    link.release(ended);
+}
+
+/// Stops deliveries and marks the connection to end once its queue is
+/// written (or after a grace period).
+pub fn enter_closing(
+    conn: &mut Conn,
+    index: &mut SubscriberIndex,
+    link: &mut IngestLink,
+    now_ms: u64,
+) {
+    unsubscribe_all(conn, index, link);
+    conn.phase = Phase::Closing { since_ms: now_ms };
+    // Input is read and dropped from now on, whatever waits unanswered.
+    conn.read_paused = false;
+}
+
+/// Closes with 1008 for a policy breach: what is queued is dropped (but a
+/// half-written frame, which must finish), and the close frame follows.
+pub fn cut(
+    conn: &mut Conn,
+    index: &mut SubscriberIndex,
+    link: &mut IngestLink,
+    now_ms: u64,
+    reason: &str,
+) {
+    conn.out.truncate_to_partial();
+    conn.out
+        .push_control(Entry::control(frame::close(CloseCode::Policy, reason)));
+    enter_closing(conn, index, link, now_ms);
+}
+
+impl Worker {
+    /// Heartbeats and deadlines, once per housekeeping tick.
+    pub(crate) fn housekeeping(&mut self) {
+        if self.acceptor.state == AcceptState::Backoff {
+            self.accept();
+        }
+        let now = self.now_ms;
+        let ping_ms = self.config.ping_interval.as_millis() as u64;
+        let idle_ms = self.config.idle_timeout.as_millis() as u64;
+        let slow_ms = self.config.slow_consumer_timeout.as_millis() as u64;
+        let draining = matches!(self.state, super::RunState::Draining { .. });
+        let mut to_close: Vec<u32> = Vec::new();
+        let Worker {
+            conns,
+            index,
+            link,
+            dirty,
+            stats,
+            ping,
+            ..
+        } = self;
+        for (slot, conn) in conns.iter_mut() {
+            let slot = slot as u32;
+            match conn.phase {
+                Phase::Handshake => {
+                    if now.saturating_sub(conn.last_rx_ms) >= HANDSHAKE_TIMEOUT_MS {
+                        to_close.push(slot);
+                    }
+                }
+                Phase::Closing { since_ms } | Phase::Responding { since_ms } => {
+                    // While shutting down, the drain deadline (4 s) applies.
+                    if !draining && now.saturating_sub(since_ms) >= CLOSING_TIMEOUT_MS {
+                        to_close.push(slot);
+                    }
+                }
+                Phase::Lingering { .. } => {
+                    if input::lingered_out(conn, now, CLOSING_TIMEOUT_MS) {
+                        to_close.push(slot);
+                    }
+                }
+                Phase::Open => {
+                    if conn
+                        .stalled_since_ms
+                        .is_some_and(|t| now.saturating_sub(t) >= slow_ms)
+                    {
+                        stats.counters.slow_consumer_closes += 1;
+                        let reason = format!(
+                            "slow consumer: socket took no data for {}s while updates waited",
+                            slow_ms / 1000
+                        );
+                        cut(conn, index, link, now, &reason);
+                        // Try the close frame once more even though it blocked.
+                        conn.write_blocked = false;
+                        dirty.mark(conn, slot);
+                    } else if now.saturating_sub(conn.last_rx_ms) >= idle_ms {
+                        stats.counters.idle_closes += 1;
+                        let reason =
+                            format!("idle timeout: nothing received for {}s", idle_ms / 1000);
+                        conn.out.push_control(Entry::control(frame::close(
+                            CloseCode::GoingAway,
+                            &reason,
+                        )));
+                        enter_closing(conn, index, link, now);
+                        dirty.mark(conn, slot);
+                    } else if now.saturating_sub(conn.last_ping_ms) >= ping_ms {
+                        conn.last_ping_ms = now;
+                        conn.out.push_control(std::rc::Rc::clone(ping));
+                        dirty.mark(conn, slot);
+                    }
+                    if conn.out.is_empty() && !conn.dirty {
+                        // Idle: give back the queue's buffers.
+                        conn.out.shrink_if_idle(0);
+                    }
+                }
+            }
+        }
+        for slot in to_close {
+            self.close(slot);
+        }
+        self.flush_dirty();
+    }
+
+    /// Stops accepting and sends 1001 to every open client behind its
+    /// queued updates.
+    pub(crate) fn begin_shutdown(&mut self) {
+        self.acceptor.close(&self.poll);
+        let mut to_close = Vec::new();
+        let bye = Entry::control(frame::close(CloseCode::GoingAway, "server shutting down"));
+        let Worker {
+            conns,
+            index,
+            link,
+            dirty,
+            now_ms,
+            ..
+        } = self;
+        for (slot, conn) in conns.iter_mut() {
+            match conn.phase {
+                Phase::Open => {
+                    conn.out.push_control(std::rc::Rc::clone(&bye));
+                    enter_closing(conn, index, link, *now_ms);
+                    dirty.mark(conn, slot as u32);
+                }
+                Phase::Handshake => to_close.push(slot as u32),
+                Phase::Closing { .. } | Phase::Lingering { .. } | Phase::Responding { .. } => {}
+            }
+        }
+        for slot in to_close {
+            self.close(slot);
+        }
+        self.flush_dirty();
+    }
+
+    /// Closes the socket now and forgets the connection.
+    pub(crate) fn close(&mut self, slot: u32) {
+        let Some(mut conn) = self.conns.try_remove(slot as usize) else {
+            return;
+        };
+        unsubscribe_all(&mut conn, &mut self.index, &mut self.link);
+        let _ = self.poll.registry().deregister(&mut conn.transport);
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
+        self.check_invariants();
+    }
+}
