@@ -70,6 +70,8 @@ pub mod names {
     pub const WORKER_PACED_WAIT_SECONDS_TOTAL: &str = "tickwire_worker_paced_wait_seconds_total";
     /// `tickwire_worker_connections`.
     pub const WORKER_CONNECTIONS: &str = "tickwire_worker_connections";
+    /// `tickwire_worker_contended_windows_total{worker}`.
+    pub const WORKER_CONTENDED_WINDOWS_TOTAL: &str = "tickwire_worker_contended_windows_total";
     /// `tickwire_ingest_rejects_total{reason}`.
     pub const INGEST_REJECTS_TOTAL: &str = "tickwire_ingest_rejects_total";
     /// `tickwire_delivery_latency_seconds{quantile}`.
@@ -114,6 +116,9 @@ pub struct WorkerStats {
     pub paced_passes: AtomicU64,
     /// Nanoseconds those passes waited in all.
     pub paced_wait_ns: AtomicU64,
+    /// 20 ms windows in which the worker's thread waited for a core (whether
+    /// or not pacing applies).
+    pub contended_windows: AtomicU64,
 }
 
 /// The worker's private copy, published with [`WorkerCounters::publish`].
@@ -153,6 +158,8 @@ pub struct WorkerCounters {
     pub paced_passes: u64,
     /// See [`WorkerStats`].
     pub paced_wait_ns: u64,
+    /// See [`WorkerStats`].
+    pub contended_windows: u64,
 }
 
 impl WorkerCounters {
@@ -177,6 +184,7 @@ impl WorkerCounters {
         s.loop_turns.store(self.loop_turns, r);
         s.paced_passes.store(self.paced_passes, r);
         s.paced_wait_ns.store(self.paced_wait_ns, r);
+        s.contended_windows.store(self.contended_windows, r);
     }
 }
 
@@ -453,6 +461,13 @@ impl Metrics {
             "Open connections per worker.",
             "gauge",
             &|w| w.connections.load(r).to_string(),
+        );
+        per_worker(
+            &mut o,
+            names::WORKER_CONTENDED_WINDOWS_TOTAL,
+            "20 ms windows in which the worker waited for a core (counted whether or not pacing applies).",
+            "counter",
+            &|w| w.contended_windows.load(r).to_string(),
         );
         let h = self.latency();
         let name = names::DELIVERY_LATENCY_SECONDS;

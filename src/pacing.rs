@@ -76,9 +76,11 @@ impl Pacer {
         self.contended
     }
 
-    /// Whether a window has ended and [`Pacer::sample`] is due.
+    /// Whether a window has ended and [`Pacer::sample`] is due. Windows are
+    /// sampled also when pacing cannot apply, so that contention is counted
+    /// (`tickwire_worker_contended_windows_total`) whatever the setting.
     pub fn sample_due(&self, now_ns: u64) -> bool {
-        self.active() && now_ns >= self.window_start_ns + WINDOW_NS
+        now_ns >= self.window_start_ns + WINDOW_NS
     }
 
     /// Closes a window: `cpu_ns` and `wait_ns` are the thread's cumulative
@@ -107,7 +109,7 @@ impl Pacer {
     /// Returns how long the next one is held back (0: not at all).
     pub fn pass_done(&mut self, now_ns: u64) -> u64 {
         self.passes += 1;
-        if !self.contended {
+        if !self.contended || !self.active() {
             return 0;
         }
         let linger = (self.pass_cost_ns * self.others).min(MAX_LINGER_NS);
@@ -117,7 +119,7 @@ impl Pacer {
 
     /// How long to wait before the next pass may start (0: now).
     pub fn wait_ns(&self, now_ns: u64) -> u64 {
-        if !self.contended {
+        if !self.contended || !self.active() {
             return 0;
         }
         self.resume_at_ns.saturating_sub(now_ns)
@@ -219,10 +221,12 @@ mod tests {
     fn one_worker_or_disabled_never_waits() {
         for mut p in [Pacer::new(1, true), Pacer::new(4, false)] {
             assert!(!p.active());
-            assert!(!p.sample_due(u64::MAX));
+            // Still sampled, so contention is counted whatever the setting.
+            assert!(p.sample_due(u64::MAX));
             p.sample(MS, 0, 0);
             p.sample(MS + WINDOW_NS, MS, 15 * MS);
-            p.pass_done(MS + WINDOW_NS);
+            assert!(p.contended(), "75% waiting is contention");
+            assert_eq!(p.pass_done(MS + WINDOW_NS), 0);
             assert_eq!(p.wait_ns(MS + WINDOW_NS), 0);
         }
     }

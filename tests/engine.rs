@@ -46,7 +46,14 @@ fn subscribe_snapshot_then_live_updates_in_order_with_data_verbatim() {
     }
     let mut raw_msft = None;
     let mut next = 6;
+    // A lost update must fail the test, not hang it.
+    let deadline = Instant::now() + Duration::from_secs(10);
     while next <= 105 || raw_msft.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "updates missing after 10 s: AAPL next seq {next}, MSFT seen: {}",
+            raw_msft.is_some()
+        );
         let Some(tungstenite::Message::Text(t)) = c.try_recv() else {
             continue;
         };

@@ -15,9 +15,10 @@ const CLIENTS: usize = 50;
 const CH: &str = "PACE";
 
 /// Runs a fed engine for a while with every core loaded by spinning threads;
-/// returns the engine's paced pass count. Each client checks that seqs only
-/// rise and that it ends with the last tick sent.
-fn paced_passes_under_load(extra: &[&str]) -> f64 {
+/// returns the engine's paced pass count and its contended windows (the
+/// condition pacing reacts to, counted whatever the setting). Each client
+/// checks that seqs only rise and that it ends with the last tick sent.
+fn paced_passes_under_load(extra: &[&str]) -> (f64, f64) {
     let srv = Server::start(extra);
     let mut clients: Vec<Client> = (0..CLIENTS)
         .map(|_| {
@@ -81,6 +82,11 @@ fn paced_passes_under_load(extra: &[&str]) -> f64 {
         |v| v > 0.0,
         Duration::from_millis(500),
     );
+    let contended = srv.wait_metric(
+        "tickwire_worker_contended_windows_total",
+        |v| v > 0.0,
+        Duration::from_millis(500),
+    );
     stop.store(true, Ordering::Relaxed);
     for h in hogs {
         h.join().unwrap();
@@ -92,18 +98,29 @@ fn paced_passes_under_load(extra: &[&str]) -> f64 {
             "every client ends on the last tick"
         );
     }
-    passes
+    (passes, contended)
 }
 
 #[test]
 fn workers_hold_write_passes_back_while_their_cores_are_contended_and_lose_nothing() {
-    let paced = paced_passes_under_load(&["--workers", "2"]);
+    let (paced, _) = paced_passes_under_load(&["--workers", "2"]);
     assert!(
         paced > 0.0,
         "two workers on loaded cores never held a pass back"
     );
-    let unpaced = paced_passes_under_load(&["--workers", "2", "--pace-when-contended", "false"]);
+    // Zero held passes below mean something only if the cores were
+    // contended all the same: the setting, not the load, kept them at zero.
+    let (unpaced, contended) =
+        paced_passes_under_load(&["--workers", "2", "--pace-when-contended", "false"]);
+    assert!(
+        contended > 0.0,
+        "the load never contended the workers' cores"
+    );
     assert_eq!(unpaced, 0.0, "pacing switched off still held passes back");
-    let single = paced_passes_under_load(&["--workers", "1"]);
+    let (single, contended) = paced_passes_under_load(&["--workers", "1"]);
+    assert!(
+        contended > 0.0,
+        "the load never contended the worker's core"
+    );
     assert_eq!(single, 0.0, "a single worker has no one to leave room for");
 }

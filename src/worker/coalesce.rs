@@ -1,5 +1,10 @@
 //! Per-turn coalescing of a channel's updates (sans-io).
 //!
+//! Coalescing is not conflation: every update coalesced here is delivered,
+//! packed with its neighbours of the same channel into one buffer;
+//! conflation ([`crate::worker::conflate`]) drops older updates a lagging
+//! client has not been sent yet.
+//!
 //! When a worker drains several updates of one channel in a loop turn, every
 //! subscriber would get them as separate queue entries and separate iovecs,
 //! and the kernel pays for each segment it copies. The coalescer packs them
@@ -19,6 +24,9 @@ use crate::worker::conflate::{Entry, EntryRef};
 /// Largest coalesced buffer: past it the batch is handed out and a new one
 /// starts, so one entry never dwarfs a connection's budget.
 pub const MAX_BATCH_BYTES: usize = 32 * 1024;
+
+/// `position` of a channel with no open batch this turn.
+const NOT_OPEN: u32 = u32::MAX;
 
 /// A channel's updates collected this turn.
 #[derive(Debug)]
@@ -78,7 +86,7 @@ impl Batch {
 /// channel per turn), never per subscriber.
 #[derive(Debug)]
 pub struct Coalescer {
-    /// Channel index → position in `open`, or `u32::MAX`.
+    /// Channel index → position in `open`, or [`NOT_OPEN`].
     position: Vec<u32>,
     /// Open batches in the order their channels first appeared this turn.
     open: Vec<Batch>,
@@ -108,12 +116,13 @@ impl Coalescer {
     ) -> Option<EntryRef> {
         let i = channel.index();
         if self.position.len() <= i {
-            self.position.resize(i + 1, u32::MAX);
+            self.position.resize(i + 1, NOT_OPEN);
         }
         let at = self.position[i];
-        if at == u32::MAX {
+        if at == NOT_OPEN {
             self.position[i] = self.open.len() as u32;
             self.open.push(Batch::new(channel, seq, ingest_ns, bytes));
+            self.check_invariants();
             return None;
         }
         let b = &mut self.open[at as usize];
@@ -121,6 +130,7 @@ impl Coalescer {
         if b.len() + bytes.len() > self.max_batch_bytes {
             // Hand out what we have; this update starts the next batch.
             let full = mem::replace(b, Batch::new(channel, seq, ingest_ns, bytes));
+            self.check_invariants();
             return Some(full.finish());
         }
         if let Some(first) = b.single.take() {
@@ -134,8 +144,37 @@ impl Coalescer {
         b.packed.extend_from_slice(&bytes);
         b.seq = seq;
         b.ingest_ns = ingest_ns;
+        self.check_invariants();
         None
     }
+
+    /// Each open batch is listed under its channel and nowhere else; a
+    /// packed batch's newest update starts inside it, one ingest time per
+    /// earlier update.
+    #[cfg(debug_assertions)]
+    fn check_invariants(&self) {
+        // Full checks are O(channels): keep debug builds usable under load.
+        if self.open.len() > 256 || self.position.len() > 4096 {
+            return;
+        }
+        for (k, b) in self.open.iter().enumerate() {
+            debug_assert_eq!(self.position[b.channel.index()], k as u32);
+            match &b.single {
+                Some(_) => debug_assert!(b.earlier_ingest_ns.is_empty() && b.newest_offset == 0),
+                None => {
+                    debug_assert!(!b.earlier_ingest_ns.is_empty());
+                    debug_assert!(b.newest_offset > 0 && b.newest_offset < b.packed.len());
+                    debug_assert!(b.packed.len() <= self.max_batch_bytes);
+                }
+            }
+        }
+        let listed = self.position.iter().filter(|&&p| p != NOT_OPEN).count();
+        debug_assert_eq!(listed, self.open.len());
+    }
+
+    #[cfg(not(debug_assertions))]
+    #[inline(always)]
+    fn check_invariants(&self) {}
 
     /// Whether no batch is open.
     pub fn is_empty(&self) -> bool {
@@ -147,7 +186,7 @@ impl Coalescer {
     pub fn drain(&mut self) -> impl Iterator<Item = EntryRef> + '_ {
         let position = &mut self.position;
         self.open.drain(..).map(move |b| {
-            position[b.channel.index()] = u32::MAX;
+            position[b.channel.index()] = NOT_OPEN;
             b.finish()
         })
     }

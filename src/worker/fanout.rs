@@ -231,12 +231,13 @@ mod tests {
         assert!(!ix.has_subscribers(ChannelId(7)));
     }
 
-    /// 20,000 subscribers of one channel, removed in an order that would be
-    /// the worst case for a linear scan (first subscribed, first removed):
-    /// O(1) each, so the whole mass close is milliseconds, not seconds.
+    /// 100,000 subscribers of one channel, removed in an order that is the
+    /// worst case for a linear scan (first subscribed, first removed): O(1)
+    /// each, so the whole mass close takes a fraction of a second even in a
+    /// debug build, where a scan would do 5·10⁹ comparisons.
     #[test]
     fn mass_removal_of_one_channels_subscribers_is_linear() {
-        const N: u32 = 20_000;
+        const N: u32 = 100_000;
         let mut ix = SubscriberIndex::default();
         let id = ChannelId(0);
         for slot in 0..N {
@@ -249,9 +250,7 @@ mod tests {
         let took = t.elapsed();
         assert!(ix.is_empty() && ix.subscribers(id).is_empty());
         ix.check_invariants();
-        // A linear scan does 2·10⁸ comparisons here (about 0.1-1 s); the
-        // index does 20,000 hash lookups.
-        assert!(took < std::time::Duration::from_millis(100), "{took:?}");
+        assert!(took < std::time::Duration::from_secs(2), "{took:?}");
     }
 
     /// Seeded random adds and removes against a model; invariants after

@@ -219,6 +219,9 @@ impl Worker {
                 && let Some((cpu, wait)) = sched.as_ref().and_then(SchedStat::read)
             {
                 pacer.sample(now_ns, cpu, wait);
+                if pacer.contended() {
+                    self.stats.counters.contended_windows += 1;
+                }
             }
             let hold = match self.state {
                 RunState::Draining { .. } => 0,
