@@ -170,6 +170,8 @@ pub enum Flushed {
     Blocked,
 }
 
+type PendingMap = HashMap<ChannelId, u64, BuildHasherDefault<IdHasher>>;
+
 /// Outbound queue of one connection.
 #[derive(Debug, Default)]
 pub struct OutQueue {
@@ -182,7 +184,9 @@ pub struct OutQueue {
     /// `removed + i`, which keeps `pending` valid as the front moves.
     removed: u64,
     /// While conflating: channel → absolute position of its newest queued update.
-    pending: HashMap<ChannelId, u64, BuildHasherDefault<IdHasher>>,
+    /// Boxed: allocated the first time the queue conflates, so a connection
+    /// that keeps up pays 8 bytes for it, not a map.
+    pending: Option<Box<PendingMap>>,
     conflating: bool,
     /// Bytes of the control frames queued (replies to the client's own
     /// requests): what the worker bounds by pausing the client's input.
@@ -206,7 +210,8 @@ impl OutQueue {
         // Conflating: only the newest value of the channel matters.
         let frame = Entry::newest(&frame);
         let channel = frame.channel;
-        if let Some(&pos) = self.pending.get(&channel) {
+        let pending = self.pending.get_or_insert_with(Box::default);
+        if let Some(&pos) = pending.get(&channel) {
             // A position before `removed` was written already; position
             // `removed` may be half written and must not change under the writer.
             let in_queue = pos > self.removed || (pos == self.removed && self.head_written == 0);
@@ -221,7 +226,7 @@ impl OutQueue {
             }
         }
         let pos = self.removed + self.queue.len() as u64;
-        self.pending.insert(channel, pos);
+        pending.insert(channel, pos);
         self.queued_bytes += frame.bytes.len();
         self.queue.push_back(frame);
         self.check_invariants();
@@ -273,7 +278,9 @@ impl OutQueue {
     /// Forgets a channel's pending position (after an unsubscribe), so a later
     /// update of it cannot overwrite a frame queued before the unsubscribe.
     pub fn forget_channel(&mut self, channel: ChannelId) {
-        self.pending.remove(&channel);
+        if let Some(p) = self.pending.as_mut() {
+            p.remove(&channel);
+        }
     }
 
     /// Drops everything queued (the connection is being torn down).
@@ -405,17 +412,26 @@ impl OutQueue {
     }
 
     fn reset_conflation(&mut self) {
-        if self.conflating || !self.pending.is_empty() {
-            self.conflating = false;
-            self.pending.clear();
+        self.conflating = false;
+        if let Some(p) = self.pending.as_mut()
+            && !p.is_empty()
+        {
+            p.clear();
         }
     }
 
-    /// Drops spare capacity of an idle queue (keeps idle connections small).
+    /// Drops spare capacity of an idle queue (keeps idle connections small):
+    /// the queue's buffer past `keep_frames`, and with `keep_frames == 0`
+    /// also the conflation map.
     pub fn shrink_if_idle(&mut self, keep_frames: usize) {
-        if self.queue.is_empty() && self.queue.capacity() > keep_frames {
+        if !self.queue.is_empty() {
+            return;
+        }
+        if self.queue.capacity() > keep_frames {
             self.queue = VecDeque::new();
-            self.pending = HashMap::default();
+            self.pending = None;
+        } else if keep_frames == 0 {
+            self.pending = None;
         }
     }
 
@@ -440,7 +456,7 @@ impl OutQueue {
                 .is_none_or(|f| self.head_written < f.bytes.len())
         );
         {
-            for (&ch, &pos) in &self.pending {
+            for (&ch, &pos) in self.pending.iter().flat_map(|p| p.iter()) {
                 if pos >= self.removed {
                     let f = &self.queue[(pos - self.removed) as usize];
                     debug_assert_eq!(f.channel, ch, "pending points at another channel");

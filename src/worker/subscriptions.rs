@@ -17,14 +17,18 @@ pub enum Sub {
     Active(ChannelId),
 }
 
-/// Replies made on the worker while subscribe requests are in flight wait
-/// here, so the client gets its answers in the order it asked (`R`: a
-/// queued reply of whatever wire format the connection speaks).
+/// Subscribe requests in flight to the ingest thread, and the replies made
+/// on the worker meanwhile, which wait here so the client gets its answers
+/// in the order it asked (`R`: a queued reply of whatever wire format the
+/// connection speaks).
 #[derive(Debug)]
-struct Held<R> {
-    /// (subscribe replies that must go first, the reply, its bytes)
-    queue: VecDeque<(u64, R, usize)>,
-    bytes: usize,
+struct InFlight<R> {
+    /// Requests sent and answered since this was created.
+    sent: u64,
+    answered: u64,
+    /// (answers that must go first, the reply, its bytes)
+    held: VecDeque<(u64, R, usize)>,
+    held_bytes: usize,
 }
 
 /// The subscriptions of one connection. Names are kept sorted (binary
@@ -33,20 +37,15 @@ struct Held<R> {
 #[derive(Debug)]
 pub struct Subscriptions<R> {
     by_name: Vec<(Box<str>, Sub)>,
-    /// Subscribe requests sent to the ingest thread, and replies seen.
-    requests_sent: u64,
-    requests_answered: u64,
-    /// Allocated only while a reply waits.
-    held: Option<Box<Held<R>>>,
+    /// Allocated only while a request is in flight or a reply waits.
+    in_flight: Option<Box<InFlight<R>>>,
 }
 
 impl<R> Default for Subscriptions<R> {
     fn default() -> Self {
         Subscriptions {
             by_name: Vec::new(),
-            requests_sent: 0,
-            requests_answered: 0,
-            held: None,
+            in_flight: None,
         }
     }
 }
@@ -119,51 +118,55 @@ impl<R> Subscriptions<R> {
 
     /// A subscribe request goes to the ingest thread.
     pub fn request_sent(&mut self) {
-        self.requests_sent += 1;
+        let f = self.in_flight.get_or_insert_with(|| {
+            Box::new(InFlight {
+                sent: 0,
+                answered: 0,
+                held: VecDeque::new(),
+                held_bytes: 0,
+            })
+        });
+        f.sent += 1;
     }
 
     /// Whether a reply made now must wait for answers still in flight.
     pub fn must_hold(&self) -> bool {
-        self.requests_answered != self.requests_sent
+        self.in_flight.is_some()
     }
 
     /// Holds a local reply (of `bytes` bytes) behind the subscribe answers
     /// in flight. Call only when [`Subscriptions::must_hold`].
     pub fn hold(&mut self, reply: R, bytes: usize) {
-        debug_assert!(self.must_hold());
-        let held = self.held.get_or_insert_with(|| {
-            Box::new(Held {
-                queue: VecDeque::new(),
-                bytes: 0,
-            })
-        });
-        held.bytes += bytes;
-        held.queue.push_back((self.requests_sent, reply, bytes));
+        let f = self.in_flight.as_mut().expect("a request in flight");
+        f.held_bytes += bytes;
+        f.held.push_back((f.sent, reply, bytes));
     }
 
     /// A subscribe answer went out: calls `release` with each held reply
     /// that waited for it, in order.
     pub fn answered(&mut self, mut release: impl FnMut(R)) {
-        debug_assert!(self.requests_answered < self.requests_sent);
-        self.requests_answered += 1;
-        let Some(held) = self.held.as_mut() else {
+        let Some(f) = self.in_flight.as_mut() else {
+            debug_assert!(false, "an answer without a request");
             return;
         };
-        while let Some((after, _, _)) = held.queue.front()
-            && *after <= self.requests_answered
+        debug_assert!(f.answered < f.sent);
+        f.answered += 1;
+        while let Some((after, _, _)) = f.held.front()
+            && *after <= f.answered
         {
-            let (_, r, bytes) = held.queue.pop_front().expect("front exists");
-            held.bytes -= bytes;
+            let (_, r, bytes) = f.held.pop_front().expect("front exists");
+            f.held_bytes -= bytes;
             release(r);
         }
-        if held.queue.is_empty() {
-            self.held = None;
+        if f.answered == f.sent {
+            debug_assert!(f.held.is_empty(), "nothing waits once all are answered");
+            self.in_flight = None;
         }
     }
 
     /// Bytes of replies held.
     pub fn held_bytes(&self) -> usize {
-        self.held.as_ref().map_or(0, |h| h.bytes)
+        self.in_flight.as_ref().map_or(0, |f| f.held_bytes)
     }
 
     #[cfg(debug_assertions)]
@@ -171,7 +174,7 @@ impl<R> Subscriptions<R> {
         if self.by_name.len() <= 64 {
             debug_assert!(self.by_name.windows(2).all(|w| w[0].0 < w[1].0));
         }
-        debug_assert!(self.requests_answered <= self.requests_sent);
+        debug_assert!(self.in_flight.as_ref().is_none_or(|f| f.answered < f.sent));
     }
 
     #[cfg(not(debug_assertions))]
@@ -217,6 +220,6 @@ mod tests {
         assert_eq!(out, ["err-after-1", "unsub-after-2"]);
         assert_eq!(s.held_bytes(), 0);
         assert!(!s.must_hold());
-        assert!(s.held.is_none(), "nothing stays allocated");
+        assert!(s.in_flight.is_none(), "nothing stays allocated");
     }
 }

@@ -434,3 +434,234 @@ impl RawWs {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Lifecycle helpers (used by tests/lifecycle.rs): an engine started with a
+// file limit, WebSocket upgrades that are answered later (or not at all)
+// within a deadline, raw HTTP answers with their head, a child process that is
+// killed on drop, and the kernel's queues of a loopback TCP socket.
+// ---------------------------------------------------------------------------
+
+impl Server {
+    /// Starts the engine with RLIMIT_NOFILE set to `limit` (soft and hard),
+    /// like `prlimit --nofile=limit:limit tickwire ...`.
+    pub fn start_with_nofile(limit: u64, extra: &[&str]) -> Server {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tickwire"));
+        cmd.args(["--listen", "127.0.0.1:0", "--ingest", "127.0.0.1:0"]);
+        if !extra.contains(&"--workers") {
+            cmd.args(["--workers", "2"]);
+        }
+        cmd.args(extra);
+        // SAFETY: runs in the forked child before exec; setrlimit(2) is
+        // async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: limit as libc::rlim_t,
+                    rlim_max: limit as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Server::spawn_ready(cmd)
+    }
+
+    /// Spawns a prepared engine command (its stdout is taken here) and waits
+    /// for its ready line, as [`Server::start`] does.
+    pub fn spawn_ready(mut cmd: Command) -> Server {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tickwire");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = lines.next().expect("ready line").expect("read stdout");
+        assert!(
+            ready.starts_with("tickwire ready "),
+            "unexpected first line: {ready}"
+        );
+        let field = |k: &str| -> SocketAddr {
+            ready
+                .split(' ')
+                .find_map(|kv| kv.strip_prefix(k))
+                .unwrap_or_else(|| panic!("{k} in {ready}"))
+                .parse()
+                .unwrap()
+        };
+        let (listen, ingest) = (field("listen="), field("ingest="));
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            listen,
+            ingest,
+        }
+    }
+
+    /// Descriptors the engine has open numbered below `limit` (descriptors
+    /// it inherited above its file limit do not count against it).
+    pub fn open_fds_below(&self, limit: usize) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<usize>().ok())
+                    .filter(|&fd| fd < limit)
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Polls until every descriptor below `limit` is open in the engine (its
+    /// next accept fails with EMFILE); returns the last count.
+    pub fn wait_fds_exhausted(&self, limit: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let open = self.open_fds_below(limit);
+            if open >= limit || Instant::now() > deadline {
+                return open;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The upgrade request [`RawWs`] and [`try_ws_upgrade`] send.
+pub const UPGRADE_REQUEST: &[u8] = b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/// A WebSocket upgrade request already sent, its answer not yet read: the
+/// connection may sit in the engine's accept backlog meanwhile.
+pub struct PendingUpgrade {
+    pub s: TcpStream,
+}
+
+impl PendingUpgrade {
+    /// Connects (within `timeout`) and sends the upgrade request.
+    pub fn send(addr: SocketAddr, timeout: Duration) -> Result<PendingUpgrade, String> {
+        let mut s =
+            TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+        s.set_write_timeout(Some(timeout)).unwrap();
+        s.write_all(UPGRADE_REQUEST)
+            .map_err(|e| format!("write: {e}"))?;
+        Ok(PendingUpgrade { s })
+    }
+
+    /// Reads the answer within `timeout`: a [`Client`] on 101, else what
+    /// happened instead.
+    pub fn finish(mut self, timeout: Duration) -> Result<Client, String> {
+        let deadline = Instant::now() + timeout;
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let end = loop {
+            if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("no answer to the upgrade within {timeout:?}"));
+            }
+            self.s.set_read_timeout(Some(left)).unwrap();
+            match self.s.read(&mut chunk) {
+                Ok(0) => return Err("closed without an answer".into()),
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(format!("no answer to the upgrade within {timeout:?}"));
+                }
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        };
+        if !head.starts_with(b"HTTP/1.1 101") {
+            return Err(format!("answer: {}", String::from_utf8_lossy(&head[..end])));
+        }
+        let rest = head[end..].to_vec();
+        let ws = WebSocket::from_partially_read(
+            MaybeTlsStream::Plain(self.s),
+            rest,
+            tungstenite::protocol::Role::Client,
+            None,
+        );
+        Ok(Client::ready(ws, 101))
+    }
+}
+
+/// A WebSocket client, or why none was upgraded within `timeout`.
+pub fn connect_client_within(addr: SocketAddr, timeout: Duration) -> Result<Client, String> {
+    PendingUpgrade::send(addr, timeout)?.finish(timeout)
+}
+
+/// Sends `req` and reads the answer to EOF (at most `timeout` per read):
+/// (status, head, body).
+pub fn http_exchange(addr: SocketAddr, req: &str, timeout: Duration) -> (u16, String, String) {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .map(|(h, b)| (h.to_string(), b.to_string()))
+        .unwrap_or((text.clone(), String::new()));
+    (status, head, body)
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The kernel's (send, receive) queue bytes of the IPv4 TCP socket with this
+/// local and remote address, from /proc/net/tcp; None if there is none. On
+/// the engine's side of a client connection, local is the listen address and
+/// remote the client's: the receive queue is what the engine has not read.
+pub fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
+    let hex = |a: SocketAddr| -> String {
+        match a {
+            SocketAddr::V4(v4) => format!(
+                "{:08X}:{:04X}",
+                u32::from_ne_bytes(v4.ip().octets()),
+                v4.port()
+            ),
+            SocketAddr::V6(_) => String::new(),
+        }
+    };
+    let (l, r) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 5 || f[1] != l || f[2] != r {
+            return None;
+        }
+        let (tx, rx) = f[4].split_once(':')?;
+        Some((
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
+    })
+}
+
+impl RawWs {
+    /// Connects within `timeout` and upgrades (reads time out after 10 s).
+    pub fn connect_within(addr: SocketAddr, timeout: Duration) -> RawWs {
+        let s = TcpStream::connect_timeout(&addr, timeout)
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        Self::handshake(s)
+    }
+}
