@@ -107,7 +107,6 @@ fn help_documents_every_option_of_the_readme_with_its_default() {
             continue; // a switch: off unless given
         }
         let shown = text.contains(&format!("[default: {default}]"))
-            || (default == "cores available" && text.contains("[default: the cores available]"))
             || (default == "off" && !text.contains("[default:"));
         assert!(
             shown,
