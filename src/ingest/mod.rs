@@ -1,7 +1,7 @@
 //! The ingest thread: the TCP feed server and the [`Sequencer`].
 //!
 //! It owns the feed connections on its own mio `Poll`, splits
-//! newline-delimited JSON, validates each line ([`line`]), sequences it
+//! newline-delimited JSON, validates each line ([`line`](mod@line)), sequences it
 //! ([`sequencer`]: per-channel seq, last value, the update frame built once)
 //! and pushes the update to every worker's ring. It also answers workers'
 //! subscribe requests on the same rings, which is what joins a snapshot to

@@ -201,7 +201,7 @@ impl Worker {
     /// be waiting: reads cut short, a listener with more in its backlog,
     /// requests for the ingest thread); handle socket events; drain the
     /// ring and write what is due, unless pacing holds this pass back; hand
-    /// requests to ingest; then timers, once per [`HOUSEKEEPING`].
+    /// requests to ingest; then timers, once per housekeeping tick (100 ms).
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut next_housekeeping = 0u64;
