@@ -8,6 +8,15 @@
 
 mod common;
 
+/// These tests take turns: they exhaust file descriptors, hold 9,000 client
+/// sockets (two such tests at once would near the 20,000 files one process
+/// may open), or time the engine's reading, which other tests' load on the
+/// same cores would disturb.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -127,6 +136,7 @@ fn release_fds(srv: &Server, hogs: Vec<TcpStream>) -> Instant {
 
 #[test]
 fn websocket_accept_resumes_after_descriptors_run_out() {
+    let _turn = one_at_a_time();
     let srv = Server::start_with_nofile(NOFILE, &["--workers", "1"]);
     let mut feed = new_feed(srv.ingest);
     let mut old = new_client(srv.listen);
@@ -182,6 +192,7 @@ fn websocket_accept_resumes_after_descriptors_run_out() {
 
 #[test]
 fn ingest_accept_resumes_after_descriptors_run_out() {
+    let _turn = one_at_a_time();
     let srv = Server::start_with_nofile(NOFILE, &["--workers", "1"]);
     let mut sub = new_client(srv.listen);
     sub.subscribe(&["F"]);
@@ -392,6 +403,7 @@ fn drain(ws: &mut RawWs) -> Drained {
 /// queued for it, then close 1001 (not a reset that discards them).
 #[test]
 fn shutdown_delivers_every_queued_update_and_the_close_to_a_client_with_unread_input() {
+    let _turn = one_at_a_time();
     let (mut srv, _feed, mut ws, unread) = client_with_unread_input(&[]);
     srv.signal(libc::SIGTERM);
     // Read only once the engine has queued the close.
@@ -419,6 +431,7 @@ fn shutdown_delivers_every_queued_update_and_the_close_to_a_client_with_unread_i
 /// engine had written before the cut, then the close frame, reach it.
 #[test]
 fn slow_consumer_close_reaches_a_client_with_unread_input() {
+    let _turn = one_at_a_time();
     let (srv, _feed, mut ws, unread) = client_with_unread_input(&["--slow-consumer-timeout", "1s"]);
     let cuts = srv.wait_metric(
         "tickwire_slow_consumer_closes_total",
@@ -449,6 +462,7 @@ fn slow_consumer_close_reaches_a_client_with_unread_input() {
 /// it, not a reset that discards them.
 #[test]
 fn too_many_requests_close_reaches_a_client_that_keeps_writing() {
+    let _turn = one_at_a_time();
     let srv = Server::start(&["--workers", "1", "--outbound-budget", "64KiB"]);
     let mut feed = new_feed(srv.ingest);
     let mut ws = RawWs::connect_with_rcvbuf(srv.listen, 4096);
@@ -580,7 +594,17 @@ fn mass_subscribers(srv: &Server, feed: &mut Feed, ch: &str) -> Vec<Vec<RawWs>> 
 
 #[test]
 fn nine_thousand_subscribers_closing_at_once_leave_the_engine_responsive() {
-    let srv = Server::start(&["--workers", "1"]);
+    let _turn = one_at_a_time();
+    // No pings: connecting 9,000 clients in a debug build on loaded cores
+    // can take longer than the default ping interval.
+    let srv = Server::start(&[
+        "--workers",
+        "1",
+        "--ping-interval",
+        "120s",
+        "--idle-timeout",
+        "300s",
+    ]);
     let mut feed = new_feed(srv.ingest);
     let groups = mass_subscribers(&srv, &mut feed, "M");
 
@@ -621,7 +645,15 @@ fn nine_thousand_subscribers_closing_at_once_leave_the_engine_responsive() {
 
 #[test]
 fn sigterm_with_nine_thousand_subscribers_exits_in_time_after_closing_each() {
-    let mut srv = Server::start(&["--workers", "1"]);
+    let _turn = one_at_a_time();
+    let mut srv = Server::start(&[
+        "--workers",
+        "1",
+        "--ping-interval",
+        "120s",
+        "--idle-timeout",
+        "300s",
+    ]);
     let mut feed = new_feed(srv.ingest);
     let mut groups = mass_subscribers(&srv, &mut feed, "M");
 
@@ -696,6 +728,7 @@ fn number_after(p: &[u8], key: &[u8]) -> Option<u64> {
 #[test]
 #[ignore = "measurement: run with --ignored"]
 fn metrics_scraping_while_delivering_latency_measurement() {
+    let _turn = one_at_a_time();
     const CLIENTS: usize = 200;
     const PER_MS: u64 = 2; // 2,000 ticks/s
     const SECONDS: u64 = 13; // the first is warm-up
@@ -867,6 +900,7 @@ fn metrics_scraping_while_delivering_latency_measurement() {
 /// RFC 6455 5.2: "the most significant bit MUST be 0" in a 64-bit length.
 #[test]
 fn a_64_bit_length_with_the_top_bit_set_gets_1002_naming_the_length() {
+    let _turn = one_at_a_time();
     let srv = Server::start(&[]);
     for len in [1u64 << 63, u64::MAX] {
         let mut ws = RawWs::connect(srv.listen);
@@ -897,6 +931,7 @@ fn has_header(head: &str, name: &str, value: &str) -> bool {
 /// the server does not speak gets 400 with the version it does (4.4).
 #[test]
 fn non_upgrade_get_of_ws_gets_426_and_a_bad_version_400() {
+    let _turn = one_at_a_time();
     let srv = Server::start(&[]);
     let t = Duration::from_secs(5);
     let (status, head, body) = http_exchange(srv.listen, "GET /ws HTTP/1.1\r\nHost: t\r\n\r\n", t);
@@ -928,6 +963,7 @@ fn is_quote_page(body: &str) -> bool {
 /// engine instead. With --demo it is the live quote page.
 #[test]
 fn index_page_without_demo_says_how_to_feed_and_with_demo_shows_quotes() {
+    let _turn = one_at_a_time();
     let demo = Server::start(&["--demo", "--demo-rate", "100"]);
     let (status, page) = demo.http_get("/");
     assert_eq!(status, 200);
@@ -1000,6 +1036,7 @@ fn run_bounded(args: &[&str]) -> (Option<Option<i32>>, String, String) {
 
 #[test]
 fn a_second_instance_on_the_same_address_exits_nonzero_naming_it() {
+    let _turn = one_at_a_time();
     let first = Server::start(&["--workers", "1"]);
     let (listen, ingest) = (first.listen.to_string(), first.ingest.to_string());
     let mut failures = Vec::new();
@@ -1127,6 +1164,7 @@ impl Script {
 
 #[test]
 fn ingest_lines_at_the_line_limit_and_the_read_buffer_boundary() {
+    let _turn = one_at_a_time();
     // The subscriber gets every update in order, also if it falls behind
     // for a moment (a seq gap would be conflation, not a lost line).
     let srv = Server::start(&[

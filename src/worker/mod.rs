@@ -335,11 +335,12 @@ impl Worker {
     }
 
     /// Cross-part invariant: a slot is in the index of channel c exactly
-    /// when that connection holds an active subscription to c. O(all
-    /// subscriptions): checked while the worker is small.
+    /// when that connection holds an active subscription to c.
+    /// O(connections + subscriptions): checked while the worker is small, so
+    /// debug builds stay usable with thousands of clients.
     #[cfg(debug_assertions)]
     fn check_invariants(&self) {
-        if self.index.len() > 4096 {
+        if self.index.len() > 512 || self.conns.len() > 512 {
             return;
         }
         self.index.check_invariants();
