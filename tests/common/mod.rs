@@ -27,35 +27,8 @@ impl Server {
         if !extra.contains(&"--workers") {
             cmd.args(["--workers", "2"]);
         }
-        let mut child = cmd
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tickwire");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = lines.next().expect("ready line").expect("read stdout");
-        assert!(
-            ready.starts_with("tickwire ready "),
-            "unexpected first line: {ready}"
-        );
-        let field = |k: &str| -> SocketAddr {
-            ready
-                .split(' ')
-                .find_map(|kv| kv.strip_prefix(k))
-                .unwrap_or_else(|| panic!("{k} in {ready}"))
-                .parse()
-                .unwrap()
-        };
-        let (listen, ingest) = (field("listen="), field("ingest="));
-        // Keep draining stdout so the engine never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server {
-            child,
-            listen,
-            ingest,
-        }
+        cmd.args(extra);
+        Server::spawn_ready(cmd)
     }
 
     pub fn pid(&self) -> u32 {
@@ -494,6 +467,7 @@ impl Server {
                 .unwrap()
         };
         let (listen, ingest) = (field("listen="), field("ingest="));
+        // Keep draining stdout so the engine never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Server {
             child,
