@@ -17,6 +17,28 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     TURN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Subscribes a raw client to `channels` and checks the ack.
+fn subscribe_raw(ws: &mut RawWs, channels: &[String]) {
+    let sub = json!({"op":"subscribe","channels":channels}).to_string();
+    ws.send_frame(0x81, sub.as_bytes(), true);
+    let (op, ack) = ws.read_frame().expect("ack");
+    assert_eq!(op, 0x1);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&ack).unwrap()["type"],
+        "subscribed"
+    );
+}
+
+/// Ticks 1..=n of `ch` in one write.
+fn send_ticks(feed: &mut Feed, ch: &str, n: u64) {
+    let mut batch = String::new();
+    for i in 1..=n {
+        batch.push_str(&tick(ch, i));
+        batch.push('\n');
+    }
+    feed.send_raw(batch.as_bytes());
+}
+
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -275,21 +297,8 @@ fn client_with_unread_input(extra: &[&str]) -> (Server, Feed, RawWs, u64) {
     let mut ws = RawWs::connect_with_rcvbuf(srv.listen, 4096);
     let mut names = vec!["S".to_string()];
     names.extend((0..AFTER).map(|k| format!("T{k}")));
-    let sub = json!({"op":"subscribe","channels":names}).to_string();
-    ws.send_frame(0x81, sub.as_bytes(), true);
-    let (op, ack) = ws.read_frame().expect("ack");
-    assert_eq!(op, 0x1);
-    assert_eq!(
-        serde_json::from_slice::<Value>(&ack).unwrap()["type"],
-        "subscribed"
-    );
-
-    let mut batch = String::new();
-    for i in 1..=BEFORE {
-        batch.push_str(&tick("S", i));
-        batch.push('\n');
-    }
-    feed.send_raw(batch.as_bytes());
+    subscribe_raw(&mut ws, &names);
+    send_ticks(&mut feed, "S", BEFORE);
     srv.wait_metric(
         "tickwire_ingest_messages_total",
         |v| v >= BEFORE as f64,
@@ -466,18 +475,8 @@ fn too_many_requests_close_reaches_a_client_that_keeps_writing() {
     let srv = Server::start(&["--workers", "1", "--outbound-budget", "64KiB"]);
     let mut feed = new_feed(srv.ingest);
     let mut ws = RawWs::connect_with_rcvbuf(srv.listen, 4096);
-    ws.send_frame(0x81, br#"{"op":"subscribe","channels":["S"]}"#, true);
-    let (_, ack) = ws.read_frame().expect("ack");
-    assert_eq!(
-        serde_json::from_slice::<Value>(&ack).unwrap()["type"],
-        "subscribed"
-    );
-    let mut batch = String::new();
-    for i in 1..=BEFORE {
-        batch.push_str(&tick("S", i));
-        batch.push('\n');
-    }
-    feed.send_raw(batch.as_bytes());
+    subscribe_raw(&mut ws, &["S".to_string()]);
+    send_ticks(&mut feed, "S", BEFORE);
     srv.wait_metric(
         "tickwire_deliveries_total",
         |v| v >= BEFORE as f64,
