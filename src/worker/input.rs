@@ -224,9 +224,7 @@ impl Worker {
             ..
         } = self;
         let conn = &mut conns[slot as usize];
-        conn.out
-            .push_control(Entry::control(frame::close(v.code, v.reason)));
-        timers::enter_closing(conn, index, link, *now_ms);
+        timers::send_close(conn, index, link, *now_ms, v.code, v.reason);
         dirty.mark(conn, slot);
     }
 

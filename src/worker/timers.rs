@@ -43,6 +43,20 @@ pub fn enter_closing(
     conn.read_paused = false;
 }
 
+/// Queues a close frame behind what is queued and starts closing.
+pub fn send_close(
+    conn: &mut Conn,
+    index: &mut SubscriberIndex,
+    link: &mut IngestLink,
+    now_ms: u64,
+    code: CloseCode,
+    reason: &str,
+) {
+    conn.out
+        .push_control(Entry::control(frame::close(code, reason)));
+    enter_closing(conn, index, link, now_ms);
+}
+
 /// Closes with 1008 for a policy breach: what is queued is dropped (but a
 /// half-written frame, which must finish), and the close frame follows.
 pub fn cut(
@@ -53,9 +67,7 @@ pub fn cut(
     reason: &str,
 ) {
     conn.out.truncate_to_partial();
-    conn.out
-        .push_control(Entry::control(frame::close(CloseCode::Policy, reason)));
-    enter_closing(conn, index, link, now_ms);
+    send_close(conn, index, link, now_ms, CloseCode::Policy, reason);
 }
 
 impl Worker {
@@ -116,11 +128,7 @@ impl Worker {
                         stats.counters.idle_closes += 1;
                         let reason =
                             format!("idle timeout: nothing received for {}s", idle_ms / 1000);
-                        conn.out.push_control(Entry::control(frame::close(
-                            CloseCode::GoingAway,
-                            &reason,
-                        )));
-                        enter_closing(conn, index, link, now);
+                        send_close(conn, index, link, now, CloseCode::GoingAway, &reason);
                         dirty.mark(conn, slot);
                     } else if now.saturating_sub(conn.last_ping_ms) >= ping_ms {
                         conn.last_ping_ms = now;
