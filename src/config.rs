@@ -87,6 +87,8 @@ pub struct Config {
     pub max_channels: usize,
     /// Connections in the engine.
     pub max_connections: usize,
+    /// Serve the WebSocket echo endpoint `/echo` (protocol conformance runs).
+    pub conformance_echo: bool,
 }
 
 impl Default for Config {
@@ -111,6 +113,7 @@ impl Default for Config {
             max_channels_per_connection: DEFAULT_MAX_CHANNELS_PER_CONNECTION,
             max_channels: DEFAULT_MAX_CHANNELS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            conformance_echo: false,
         }
     }
 }
@@ -221,6 +224,9 @@ pub struct Cli {
     /// Connections the engine accepts in all [default: 200000]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Serve a WebSocket echo endpoint at /echo on the same read and write path as /ws, for protocol conformance suites (Autobahn); off by default
+    #[arg(long)]
+    pub conformance_echo: bool,
 }
 
 /// The TOML file: the same keys as the flags, with underscores.
@@ -246,6 +252,7 @@ struct FileConfig {
     max_channels_per_connection: Option<usize>,
     max_channels: Option<usize>,
     max_connections: Option<usize>,
+    conformance_echo: Option<bool>,
 }
 
 /// A duration: seconds as a number, or a string like "15s" or "500ms".
@@ -442,6 +449,7 @@ impl Config {
         set!(socket_notsent_lowat, size_of);
         set!(max_line_size, size_of);
         c.demo = cli.demo || file.demo.unwrap_or(false);
+        c.conformance_echo = cli.conformance_echo || file.conformance_echo.unwrap_or(false);
         c.validate()?;
         Ok(c)
     }

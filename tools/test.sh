@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the repository: formatting, lints, the engine's
-# unit and loopback integration tests, the tools' tests, and each benchmark
-# once in test mode, and a replay of the fuzz corpus. Tests start the real
+# unit and loopback integration tests, the tools' tests, each benchmark once
+# in test mode, the Autobahn conformance cases (tools/autobahn.sh, which
+# installs its runner from PyPI) and a replay of the fuzz corpus. Tests start the real
 # binaries on ephemeral loopback ports. The fuzz replay (tools/fuzz.sh) installs
 # what it needs: cargo-fuzz from crates.io, and the nightly toolchain with
 # rustup when it is missing (falling back to the stable toolchain with
@@ -75,6 +76,8 @@ step "engine tests (release)"
 cargo test --release -p tickwire
 step "benches compile and run once"
 cargo test --benches -p tickwire
+step "WebSocket conformance (Autobahn cases against /echo)"
+tools/autobahn.sh
 step "fuzz corpus replay"
 tools/fuzz.sh replay
 end_step

@@ -20,6 +20,14 @@ pub enum Request {
         /// Bytes of the request head (the rest are frames).
         head_len: usize,
     },
+    /// A valid WebSocket upgrade on `/echo`, the conformance endpoint: the
+    /// worker serves it only when it is enabled (else 404).
+    Echo {
+        /// Response header value.
+        accept: String,
+        /// Bytes of the request head.
+        head_len: usize,
+    },
     /// A plain request: respond with this and close.
     Respond(Response),
 }
@@ -85,6 +93,12 @@ pub fn parse(buf: &[u8]) -> Option<Request> {
             Response::BadRequest("the WebSocket handshake is a GET request")
         }
         "/ws" => return Some(upgrade(req.headers, head_len)),
+        "/echo" if method == "GET" => {
+            return Some(match upgrade(req.headers, head_len) {
+                Request::Upgrade { accept, head_len } => Request::Echo { accept, head_len },
+                other => other,
+            });
+        }
         "/healthz" => Response::Health,
         "/metrics" => Response::Metrics,
         "/" | "/index.html" => Response::Index,

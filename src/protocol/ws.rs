@@ -20,7 +20,7 @@ pub enum WsEvent<'a> {
     /// A complete text message.
     Text(&'a [u8]),
     /// A complete binary message.
-    Binary,
+    Binary(&'a [u8]),
     /// A ping with its payload.
     Ping(&'a [u8]),
     /// A pong.
@@ -157,7 +157,7 @@ fn emit_message(
         }
         on_event(WsEvent::Text(payload));
     } else {
-        on_event(WsEvent::Binary);
+        on_event(WsEvent::Binary(payload));
     }
     Ok(())
 }

@@ -96,6 +96,8 @@ pub struct Conn {
     /// Input is not read while too many replies wait unread by the client;
     /// a flush that drains them resumes it.
     pub read_paused: bool,
+    /// On the conformance echo endpoint: messages are echoed, not requests.
+    pub echo: bool,
 }
 
 impl Conn {
@@ -115,6 +117,7 @@ impl Conn {
             write_blocked: false,
             read_pending: false,
             read_paused: false,
+            echo: false,
         }
     }
 

@@ -31,8 +31,9 @@ const CONTROL_BUDGETS_MAX: usize = 4;
 pub enum OwnedEvent {
     /// A complete text message.
     Text(Vec<u8>),
-    /// A complete binary message.
-    Binary,
+    /// A complete binary message (its payload is kept only on the
+    /// conformance echo endpoint; empty, unallocated, elsewhere).
+    Binary(Vec<u8>),
     /// A ping with its payload.
     Ping(Bytes),
     /// A pong.
@@ -134,6 +135,24 @@ impl Worker {
         if conn.phase == Phase::Handshake {
             match http::parse(data) {
                 None => return 0,
+                Some(Request::Echo { accept, head_len }) if config.conformance_echo => {
+                    conn.out
+                        .push_control(Entry::control(http::switching_protocols(&accept)));
+                    conn.phase = Phase::Open;
+                    conn.echo = true;
+                    conn.last_ping_ms = *now_ms;
+                    used = head_len;
+                    dirty.mark(conn, slot);
+                }
+                Some(Request::Echo { .. }) => {
+                    stats.counters.http_requests += 1;
+                    stats.counters.http_rejects += 1;
+                    let bytes = http::render(http::Response::NotFound, false, pages);
+                    conn.out.push_control(Entry::control(bytes));
+                    timers::enter_closing(conn, index, link, *now_ms);
+                    dirty.mark(conn, slot);
+                    return data.len();
+                }
                 Some(Request::Upgrade { accept, head_len }) => {
                     conn.out
                         .push_control(Entry::control(http::switching_protocols(&accept)));
@@ -167,6 +186,7 @@ impl Worker {
             Some(m) => m,
             None => &mut spare,
         };
+        let echo = conn.echo;
         let result = ws::read_frames(
             &mut data[used..],
             config.max_frame_size,
@@ -175,7 +195,8 @@ impl Worker {
             |e| {
                 events.push(match e {
                     WsEvent::Text(t) => OwnedEvent::Text(t.to_vec()),
-                    WsEvent::Binary => OwnedEvent::Binary,
+                    WsEvent::Binary(b) if echo => OwnedEvent::Binary(b.to_vec()),
+                    WsEvent::Binary(_) => OwnedEvent::Binary(Vec::new()),
                     WsEvent::Ping(p) => OwnedEvent::Ping(Bytes::copy_from_slice(p)),
                     WsEvent::Pong => OwnedEvent::Pong,
                     WsEvent::Close(c) => OwnedEvent::Close(c),
@@ -208,12 +229,15 @@ impl Worker {
 
     fn violation(&mut self, slot: u32, v: Violation) {
         self.stats.counters.protocol_closes += 1;
-        // Events parsed before the violation still count; the close follows them.
-        let events = std::mem::take(&mut self.events);
-        for ev in events {
-            if let OwnedEvent::Text(t) = ev {
-                self.client_message(slot, &t);
-            }
+        // Events parsed before the violation still count (requests, echoes,
+        // pongs); the close follows them.
+        self.apply_events(slot);
+        if self
+            .conns
+            .get(slot as usize)
+            .is_none_or(|c| c.phase != Phase::Open)
+        {
+            return;
         }
         let Worker {
             conns,
@@ -252,8 +276,18 @@ impl Worker {
                 break;
             }
             match ev {
+                // The conformance endpoint: the same read and write path as
+                // /ws, answering each message with itself.
+                OwnedEvent::Text(text) if conn.echo => {
+                    conn.out
+                        .push_control(Entry::control(frame::build(frame::OPCODE_TEXT, text)));
+                }
+                OwnedEvent::Binary(data) if conn.echo => {
+                    conn.out
+                        .push_control(Entry::control(frame::build(frame::OPCODE_BINARY, data)));
+                }
                 OwnedEvent::Text(text) => self.client_message(slot, text),
-                OwnedEvent::Binary => {
+                OwnedEvent::Binary(_) => {
                     self.stats.counters.client_errors += 1;
                     let f = client::error_frame(
                         ErrorCode::Unsupported,
