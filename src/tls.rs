@@ -79,3 +79,44 @@ pub fn reload(files: &TlsFiles, shared: &SharedConfig) -> Result<(), TlsError> {
     shared.store(Arc::new(config));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &Path, name: &str) -> TlsFiles {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let files = TlsFiles {
+            cert: dir.join(format!("{name}.crt")),
+            key: dir.join(format!("{name}.key")),
+        };
+        std::fs::write(&files.cert, ck.cert.pem()).unwrap();
+        std::fs::write(&files.key, ck.signing_key.serialize_pem()).unwrap();
+        files
+    }
+
+    #[test]
+    fn loads_a_pair_and_names_the_bad_file() {
+        let dir = std::env::temp_dir().join(format!("tickwire-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = write_pair(&dir, "a");
+        let b = write_pair(&dir, "b");
+        let shared: SharedConfig = Arc::new(ArcSwap::from_pointee(load(&a.cert, &a.key).unwrap()));
+        let missing = dir.join("missing.crt");
+        let e = load(&missing, &a.key).unwrap_err();
+        assert!(e.0.contains("missing.crt"), "{e}");
+        let e = load(&a.cert, &b.key).unwrap_err();
+        assert!(e.0.contains("b.key"), "{e}");
+        // A failed reload keeps the old configuration.
+        let old = shared.load_full();
+        let bad = TlsFiles {
+            cert: missing,
+            key: a.key.clone(),
+        };
+        assert!(reload(&bad, &shared).is_err());
+        assert!(Arc::ptr_eq(&old, &shared.load_full()));
+        reload(&b, &shared).unwrap();
+        assert!(!Arc::ptr_eq(&old, &shared.load_full()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
