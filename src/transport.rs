@@ -279,4 +279,71 @@ mod tests {
         client.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"end");
     }
+
+    /// A TLS session completes its handshake through non-blocking reads,
+    /// carries data both ways, and ends with close_notify then EOF.
+    #[test]
+    fn tls_round_trip_non_blocking() {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert = ck.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client_cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::thread::spawn(move || {
+            let tcp = std::net::TcpStream::connect(addr).unwrap();
+            tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let name = "localhost".try_into().unwrap();
+            let conn = rustls::ClientConnection::new(Arc::new(client_cfg), name).unwrap();
+            let mut s = rustls::StreamOwned::new(conn, tcp);
+            s.write_all(b"ping").unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            got
+        });
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut t = Transport::Tls(Box::new(
+            TlsStream::new(Arc::new(server_cfg), TcpStream::from_std(server)).unwrap(),
+        ));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut buf = [0u8; 64];
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            assert!(std::time::Instant::now() < deadline, "no ping");
+            match t.read(&mut buf) {
+                Ok(0) => panic!("eof"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, b"ping");
+        let mut sent = 0;
+        while sent < 5 {
+            sent += t.write(&b"pong!"[sent..]).unwrap();
+        }
+        while !t.flush_pending().unwrap() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(!t.has_pending());
+        t.shutdown_write();
+        assert_eq!(client.join().unwrap(), b"pong!");
+    }
 }
