@@ -33,6 +33,7 @@ pub mod protocol;
 pub mod ring;
 pub mod rng;
 pub mod server;
+pub mod tls;
 pub mod transport;
 pub mod update;
 pub mod worker;

@@ -83,6 +83,10 @@ pub fn write_out(
     let now_ns = clock::now_ns();
     let LocalStats { counters, latency } = stats;
     counters.flushes += 1;
+    // TLS ciphertext taken earlier goes first; still pending means blocked.
+    if conn.transport.flush_pending().is_err() {
+        return Err(PeerGone);
+    }
     let result = conn.out.flush(&mut conn.transport, |f| {
         if f.channel != ChannelId::NONE {
             counters.deliveries += f.count();
@@ -92,6 +96,10 @@ pub fn write_out(
             });
         }
     });
+    let result = match result {
+        Ok((Flushed::Drained, n)) if conn.transport.has_pending() => Ok((Flushed::Blocked, n)),
+        r => r,
+    };
     match result {
         Ok((Flushed::Drained, n)) => {
             counters.bytes_out += n as u64;
