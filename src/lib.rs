@@ -22,6 +22,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod admin;
+pub mod auth;
 pub mod channel;
 pub mod clock;
 pub mod config;

@@ -1,0 +1,424 @@
+//! JWT verification and per-channel permissions. A [`Verifier`] is built
+//! once from the configured key and shared by the workers; tokens are
+//! checked at connect and refresh time only, permissions at subscribe time.
+
+use std::path::Path;
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+/// Where the verification key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// HS256 shared secret (bytes, trimmed of a trailing newline).
+    Secret(Vec<u8>),
+    /// RS256 or ES256 public key in PEM.
+    PublicKeyPem(Vec<u8>),
+    /// A JWKS document; keys are picked by `kid`.
+    Jwks(Vec<u8>),
+}
+
+/// Why a token was refused: short, safe to send to the client and log (it
+/// never contains the token).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token was given.
+    #[error("missing token")]
+    Missing,
+    /// Not a JWT, or claims of the wrong shape.
+    #[error("malformed token")]
+    Malformed,
+    /// The signature does not verify, or the algorithm is not accepted.
+    #[error("bad signature")]
+    BadSignature,
+    /// Past `exp` (plus leeway).
+    #[error("token expired")]
+    Expired,
+    /// Before `nbf` (minus leeway).
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `aud` does not match.
+    #[error("wrong audience")]
+    Audience,
+    /// `iss` does not match.
+    #[error("wrong issuer")]
+    Issuer,
+    /// JWKS: no key with the token's `kid`.
+    #[error("unknown key id")]
+    UnknownKid,
+}
+
+impl AuthError {
+    /// Label for `tickwire_auth_failures_total{reason=...}`.
+    pub const fn label(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed => "malformed",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::Audience => "audience",
+            AuthError::Issuer => "issuer",
+            AuthError::UnknownKid => "unknown_kid",
+        }
+    }
+}
+
+/// The claims the engine reads.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Claims {
+    /// The user.
+    pub sub: String,
+    /// Expiry, unix seconds.
+    pub exp: u64,
+    /// Not before, unix seconds.
+    #[serde(default)]
+    pub nbf: Option<u64>,
+    /// Channel patterns the user may subscribe to.
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// Channel patterns the user may publish to (kept, not used yet).
+    #[serde(default)]
+    pub publish: Vec<String>,
+}
+
+/// Why a key could not be loaded (a config error naming the file).
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct KeyError {
+    /// The file (or the environment variable).
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+enum Keys {
+    One(Vec<Algorithm>, DecodingKey),
+    Jwks(Vec<(String, Algorithm, DecodingKey)>),
+}
+
+/// Verifies tokens; built once, shared.
+pub struct Verifier {
+    keys: Keys,
+    audience: Option<String>,
+    issuer: Option<String>,
+    leeway_s: u64,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("Verifier")
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field("leeway_s", &self.leeway_s)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// Builds a verifier; `origin` names the file in errors.
+    ///
+    /// # Errors
+    /// The key does not parse.
+    pub fn new(
+        source: &KeySource,
+        origin: &str,
+        audience: Option<String>,
+        issuer: Option<String>,
+        leeway_s: u64,
+    ) -> Result<Verifier, KeyError> {
+        let err = |message: String| KeyError {
+            path: origin.to_string(),
+            message,
+        };
+        let keys = match source {
+            KeySource::Secret(s) => {
+                if s.is_empty() {
+                    return Err(err("the secret is empty".into()));
+                }
+                Keys::One(
+                    vec![Algorithm::HS256],
+                    DecodingKey::from_secret(s).map_err(|e| err(e.to_string()))?,
+                )
+            }
+            KeySource::PublicKeyPem(pem) => {
+                if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+                    Keys::One(vec![Algorithm::ES256], k)
+                } else {
+                    let k = DecodingKey::from_rsa_pem(pem).map_err(|e| {
+                        err(format!("not an RSA or EC P-256 public key in PEM: {e}"))
+                    })?;
+                    Keys::One(vec![Algorithm::RS256], k)
+                }
+            }
+            KeySource::Jwks(text) => {
+                let set: JwkSet = serde_json::from_slice(text)
+                    .map_err(|e| err(format!("not a JWKS document: {e}")))?;
+                let mut keys = Vec::new();
+                for jwk in &set.keys {
+                    let Some(kid) = jwk.common.key_id.clone() else {
+                        continue;
+                    };
+                    let alg = match &jwk.algorithm {
+                        jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => {
+                            Algorithm::ES256
+                        }
+                        jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                        _ => continue,
+                    };
+                    let k =
+                        DecodingKey::from_jwk(jwk).map_err(|e| err(format!("key {kid:?}: {e}")))?;
+                    keys.push((kid, alg, k));
+                }
+                if keys.is_empty() {
+                    return Err(err("no RSA or EC key with a \"kid\"".into()));
+                }
+                Keys::Jwks(keys)
+            }
+        };
+        Ok(Verifier {
+            keys,
+            audience,
+            issuer,
+            leeway_s,
+        })
+    }
+
+    /// Checks a token at `now` (unix seconds).
+    ///
+    /// # Errors
+    /// Why it is refused, in one line.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let (algs, key) = match &self.keys {
+            Keys::One(algs, k) => (algs.clone(), k),
+            Keys::Jwks(keys) => {
+                let kid = header.kid.as_deref().ok_or(AuthError::UnknownKid)?;
+                let (_, alg, k) = keys
+                    .iter()
+                    .find(|(id, _, _)| id == kid)
+                    .ok_or(AuthError::UnknownKid)?;
+                (vec![*alg], k)
+            }
+        };
+        if !algs.contains(&header.alg) {
+            return Err(AuthError::BadSignature);
+        }
+        let mut v = Validation::new(header.alg);
+        v.algorithms = algs;
+        // Time is checked below against the caller's clock.
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.required_spec_claims = ["exp".to_string(), "sub".to_string()].into();
+        v.validate_aud = false;
+        let data = jsonwebtoken::decode::<RawClaims>(token, key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::InvalidSignature | K::InvalidAlgorithm | K::InvalidAlgorithmName => {
+                    AuthError::BadSignature
+                }
+                _ => AuthError::Malformed,
+            }
+        })?;
+        let raw = data.claims;
+        if let Some(want) = &self.issuer
+            && raw.iss.as_deref() != Some(want.as_str())
+        {
+            return Err(AuthError::Issuer);
+        }
+        if let Some(want) = &self.audience {
+            let ok = match &raw.aud {
+                Some(serde_json::Value::String(a)) => a == want,
+                Some(serde_json::Value::Array(l)) => l.iter().any(|a| a.as_str() == Some(want)),
+                _ => false,
+            };
+            if !ok {
+                return Err(AuthError::Audience);
+            }
+        }
+        let c = raw.claims;
+        if now >= c.exp.saturating_add(self.leeway_s) {
+            return Err(AuthError::Expired);
+        }
+        if c.nbf
+            .is_some_and(|nbf| now.saturating_add(self.leeway_s) < nbf)
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        Ok(c)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawClaims {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(default)]
+    iss: Option<String>,
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
+}
+
+/// Channel patterns compiled for one user: exact names, or prefixes from a
+/// trailing `*`; `{sub}` is replaced by the user's sub.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Permissions {
+    exact: Vec<Box<str>>,
+    prefixes: Vec<Box<str>>,
+}
+
+impl Permissions {
+    /// Compiles patterns for `sub`.
+    pub fn compile(patterns: &[String], sub: &str) -> Permissions {
+        let mut p = Permissions::default();
+        for pat in patterns {
+            let pat = pat.replace("{sub}", sub);
+            match pat.strip_suffix('*') {
+                Some(prefix) => p.prefixes.push(prefix.into()),
+                None => p.exact.push(pat.into()),
+            }
+        }
+        p.exact.sort_unstable();
+        p.exact.dedup();
+        p
+    }
+
+    /// Whether `channel` may be subscribed to.
+    pub fn allows(&self, channel: &str) -> bool {
+        self.exact.binary_search_by(|e| (**e).cmp(channel)).is_ok()
+            || self.prefixes.iter().any(|p| channel.starts_with(&**p))
+    }
+}
+
+/// Reads a key file for [`KeySource`].
+///
+/// # Errors
+/// The file cannot be read.
+pub fn read_key_file(path: &Path) -> Result<Vec<u8>, KeyError> {
+    std::fs::read(path).map_err(|e| KeyError {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Constant-time equality for shared tokens (the ingest `AUTH` line).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn hs(claims: serde_json::Value, secret: &[u8]) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn verifier() -> Verifier {
+        Verifier::new(
+            &KeySource::Secret(b"s3cret".to_vec()),
+            "secret",
+            Some("tw".into()),
+            None,
+            30,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn auth_tokens_verify_with_one_line_reasons() {
+        let v = verifier();
+        let good =
+            serde_json::json!({"sub":"u1","exp":NOW+60,"aud":"tw","channels":["A","user.{sub}.*"]});
+        let c = v.verify(&hs(good.clone(), b"s3cret"), NOW).unwrap();
+        assert_eq!(c.sub, "u1");
+        assert_eq!(
+            v.verify(&hs(good, b"other"), NOW),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(v.verify("nope", NOW), Err(AuthError::Malformed));
+        assert_eq!(v.verify("", NOW), Err(AuthError::Missing));
+        let expired = serde_json::json!({"sub":"u1","exp":NOW-31,"aud":"tw"});
+        assert_eq!(
+            v.verify(&hs(expired, b"s3cret"), NOW),
+            Err(AuthError::Expired)
+        );
+        let within_leeway = serde_json::json!({"sub":"u1","exp":NOW-29,"aud":"tw"});
+        assert!(v.verify(&hs(within_leeway, b"s3cret"), NOW).is_ok());
+        let early = serde_json::json!({"sub":"u1","exp":NOW+600,"nbf":NOW+60,"aud":"tw"});
+        assert_eq!(
+            v.verify(&hs(early, b"s3cret"), NOW),
+            Err(AuthError::NotYetValid)
+        );
+        let no_exp = serde_json::json!({"sub":"u1","aud":"tw"});
+        assert_eq!(
+            v.verify(&hs(no_exp, b"s3cret"), NOW),
+            Err(AuthError::Malformed)
+        );
+        let aud = serde_json::json!({"sub":"u1","exp":NOW+60,"aud":"else"});
+        assert_eq!(v.verify(&hs(aud, b"s3cret"), NOW), Err(AuthError::Audience));
+    }
+
+    #[test]
+    fn auth_es256_public_key() {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let v = Verifier::new(
+            &KeySource::PublicKeyPem(kp.public_key_pem().into_bytes()),
+            "pub.pem",
+            None,
+            None,
+            0,
+        )
+        .unwrap();
+        let enc = EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap();
+        let t = encode(
+            &Header::new(Algorithm::ES256),
+            &serde_json::json!({"sub":"u","exp":NOW+5}),
+            &enc,
+        )
+        .unwrap();
+        assert_eq!(v.verify(&t, NOW).unwrap().sub, "u");
+        // An HS256 token signed with the public key text is refused.
+        let forged = hs(
+            serde_json::json!({"sub":"u","exp":NOW+5}),
+            kp.public_key_pem().as_bytes(),
+        );
+        assert_eq!(v.verify(&forged, NOW), Err(AuthError::BadSignature));
+        let bad = Verifier::new(
+            &KeySource::PublicKeyPem(b"junk".to_vec()),
+            "k.pem",
+            None,
+            None,
+            0,
+        );
+        assert!(bad.unwrap_err().to_string().starts_with("k.pem: "));
+    }
+
+    #[test]
+    fn auth_permissions_exact_prefix_and_sub() {
+        let p = Permissions::compile(
+            &["A".into(), "fx.*".into(), "user.{sub}".into(), "B".into()],
+            "u7",
+        );
+        assert!(p.allows("A") && p.allows("B") && p.allows("fx.EURUSD"));
+        assert!(p.allows("user.u7") && !p.allows("user.u8") && !p.allows("C"));
+        assert!(!p.allows("fx") && Permissions::compile(&["*".into()], "x").allows("any"));
+        assert!(constant_time_eq(b"abc", b"abc") && !constant_time_eq(b"abc", b"abd"));
+    }
+}
