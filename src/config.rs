@@ -202,7 +202,7 @@ pub struct Cli {
     /// Close a connection whose socket took no bytes for this long while updates waited [default: 30s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub slow_consumer_timeout: Option<Duration>,
-    /// On SIGTERM, close clients with 1012 spread evenly over this long, then exit [default: 10s]
+    /// On SIGTERM, close clients with 1012 spread evenly over this long, then exit; 0 stops at once with 1001 [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
     /// Outbound bytes queued per connection before updates are conflated, e.g. 256KiB [default: 256KiB]

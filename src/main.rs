@@ -76,7 +76,8 @@ fn main() -> ExitCode {
             engine.listen_addr()
         );
     }
-    if signals.forever().next() == Some(SIGTERM) {
+    // drain_timeout = 0: SIGTERM stops at once like SIGINT.
+    if signals.forever().next() == Some(SIGTERM) && !drain_timeout.is_zero() {
         drain(&engine, &mut signals, drain_timeout);
     }
     eprintln!("tickwire: shutting down");
