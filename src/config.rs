@@ -42,6 +42,8 @@ pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 1000;
 pub const DEFAULT_MAX_CHANNELS: usize = 1_000_000;
 /// Connections the engine accepts in all, across workers.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 200_000;
+/// How long a SIGTERM drain spreads its 1012 closes over.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Demo feed rate, updates per second over all symbols.
 pub const DEFAULT_DEMO_RATE: u32 = 3000;
 
@@ -66,6 +68,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Close connections that accept no bytes this long while data waits.
     pub slow_consumer_timeout: Duration,
+    /// SIGTERM closes clients with 1012 spread over this window.
+    pub drain_timeout: Duration,
     /// Per-connection outbound bytes before conflation.
     pub outbound_budget: usize,
     /// Conflate as soon as a client's socket would block (else only past
@@ -103,6 +107,7 @@ impl Default for Config {
             ping_interval: DEFAULT_PING_INTERVAL,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             slow_consumer_timeout: DEFAULT_SLOW_CONSUMER_TIMEOUT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             outbound_budget: DEFAULT_OUTBOUND_BUDGET,
             conflate_on_block: true,
             pace_when_contended: true,
@@ -200,6 +205,9 @@ pub struct Cli {
     /// Close a connection whose socket took no bytes for this long while updates waited [default: 30s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub slow_consumer_timeout: Option<Duration>,
+    /// On SIGTERM, close clients with 1012 spread evenly over this long, then exit; 0 stops at once with 1001 [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
     /// Outbound bytes queued per connection before updates are conflated, e.g. 256KiB [default: 256KiB]
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub outbound_budget: Option<usize>,
@@ -244,6 +252,7 @@ struct FileConfig {
     ping_interval: Option<DurationValue>,
     idle_timeout: Option<DurationValue>,
     slow_consumer_timeout: Option<DurationValue>,
+    drain_timeout: Option<DurationValue>,
     outbound_budget: Option<SizeValue>,
     socket_send_buffer: Option<SizeValue>,
     socket_notsent_lowat: Option<SizeValue>,
@@ -443,6 +452,7 @@ impl Config {
         set!(ping_interval, duration_of);
         set!(idle_timeout, duration_of);
         set!(slow_consumer_timeout, duration_of);
+        set!(drain_timeout, duration_of);
         set!(outbound_budget, size_of);
         set!(max_frame_size, size_of);
         set!(socket_send_buffer, size_of);
@@ -477,6 +487,7 @@ impl Config {
             ("ping_interval", self.ping_interval),
             ("idle_timeout", self.idle_timeout),
             ("slow_consumer_timeout", self.slow_consumer_timeout),
+            ("drain_timeout", self.drain_timeout),
         ] {
             if d > MAX_TIMER {
                 return bad(key, "must be at most 7 days");

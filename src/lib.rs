@@ -28,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod ingest;
+pub mod lifecycle;
 pub mod metrics;
 pub mod pacing;
 pub mod protocol;

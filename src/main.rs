@@ -12,6 +12,26 @@ use tickwire::{Engine, StartError};
 /// Workers get 4 s to send close 1001 and flush; exit must come within 5 s.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(4500);
 
+/// SIGTERM: readiness drops at once and clients get 1012 spread over
+/// `window`; ends when they are gone, at the window's end, or at a second
+/// signal (then the caller's 1001 flush closes whoever is left).
+fn drain(engine: &Engine, signals: &mut signal_hook::iterator::Signals, window: Duration) {
+    eprintln!(
+        "tickwire: draining over {} ms (send SIGTERM or SIGINT again to stop at once)",
+        window.as_millis()
+    );
+    engine.begin_drain(window);
+    let deadline = std::time::Instant::now() + window;
+    // Let the workers plan their closes before judging "no clients left".
+    std::thread::sleep(Duration::from_millis(200));
+    while std::time::Instant::now() < deadline && engine.open_connections() > 0 {
+        if signals.pending().next().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn main() -> ExitCode {
     let config = match Config::load(Cli::parse()) {
         Ok(c) => c,
@@ -28,6 +48,7 @@ fn main() -> ExitCode {
         }
     };
     let demo = config.demo;
+    let drain_timeout = config.drain_timeout;
     let engine = match Engine::start(config) {
         Ok(e) => e,
         Err(e @ StartError::Bind { .. }) => {
@@ -55,9 +76,11 @@ fn main() -> ExitCode {
             engine.listen_addr()
         );
     }
-    if signals.forever().next().is_some() {
-        eprintln!("tickwire: shutting down");
+    // drain_timeout = 0: SIGTERM stops at once like SIGINT.
+    if signals.forever().next() == Some(SIGTERM) && !drain_timeout.is_zero() {
+        drain(&engine, &mut signals, drain_timeout);
     }
+    eprintln!("tickwire: shutting down");
     if engine.shutdown(SHUTDOWN_TIMEOUT) {
         ExitCode::SUCCESS
     } else {

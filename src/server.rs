@@ -14,6 +14,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::ingest::{self, Ingest, IngestParts};
+use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::ring::{CONTROL_RING_CAPACITY, Doorbell, RingBytes, WORKER_RING_CAPACITY};
 use crate::worker::{self, Worker, WorkerParts};
@@ -54,6 +55,8 @@ pub struct Engine {
     bells: Vec<Arc<Doorbell>>,
     threads: Vec<JoinHandle<()>>,
     metrics: Arc<Metrics>,
+    lifecycle: Arc<Lifecycle>,
+    open_connections: Arc<AtomicUsize>,
 }
 
 /// Binds `addr` without SO_REUSEPORT and without listening, and returns the
@@ -119,6 +122,7 @@ impl Engine {
         let metrics = Arc::new(Metrics::new(n));
         let shutdown = Arc::new(AtomicBool::new(false));
         let open_connections = Arc::new(AtomicUsize::new(0));
+        let lifecycle = Arc::new(Lifecycle::default());
         let ingest_poll = Poll::new()?;
         let ingest_bell = Doorbell::new(Waker::new(ingest_poll.registry(), ingest::WAKER_TOKEN)?);
         let index_html = Bytes::from(if config.demo {
@@ -174,6 +178,7 @@ impl Engine {
                 config: Arc::clone(&config),
                 open_connections: Arc::clone(&open_connections),
                 index_html: index_html.clone(),
+                lifecycle: Arc::clone(&lifecycle),
             });
         }
         let ingest = Ingest::new(IngestParts {
@@ -257,6 +262,7 @@ impl Engine {
                     .spawn(move || crate::demo::run_feed(ingest_addr, rate, stop))?,
             );
         }
+        lifecycle.set_ready();
         let mut bells = worker_bells;
         bells.push(ingest_bell);
         Ok(Engine {
@@ -267,6 +273,8 @@ impl Engine {
             bells,
             threads,
             metrics,
+            lifecycle,
+            open_connections,
         })
     }
 
@@ -288,6 +296,17 @@ impl Engine {
     /// The engine's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Starts a graceful drain: `/readyz` turns 503 at once and the workers
+    /// close their clients with 1012 spread evenly over `window`.
+    pub fn begin_drain(&self, window: Duration) {
+        self.lifecycle.begin_drain(window.as_millis() as u64);
+    }
+
+    /// Connections open across all workers.
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.load(Ordering::Relaxed)
     }
 
     /// A handle that can ask the engine to stop from another thread.

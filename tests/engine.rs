@@ -767,6 +767,9 @@ fn sigterm_sends_1001_to_every_client_and_exits_zero() {
     // their small receive buffers leave most of it in the engine's queues at
     // the signal: only a flush delivers it.
     let mut srv = Server::start(&[
+        // SIGTERM without a drain: the immediate 1001 path.
+        "--drain-timeout",
+        "0",
         "--outbound-budget",
         "8MiB",
         "--conflate-on-block",

@@ -290,6 +290,9 @@ fn client_with_unread_input(extra: &[&str]) -> (Server, Feed, RawWs, u64) {
         // last flush hands it the whole rest of the queue at once.
         "--socket-notsent-lowat",
         "0",
+        // SIGTERM without a drain: the immediate 1001 path.
+        "--drain-timeout",
+        "0",
     ];
     args.extend_from_slice(extra);
     let srv = Server::start(&args);
@@ -646,6 +649,9 @@ fn nine_thousand_subscribers_closing_at_once_leave_the_engine_responsive() {
 fn sigterm_with_nine_thousand_subscribers_exits_in_time_after_closing_each() {
     let _turn = one_at_a_time();
     let mut srv = Server::start(&[
+        // SIGTERM without a drain: the immediate 1001 path.
+        "--drain-timeout",
+        "0",
         "--workers",
         "1",
         "--ping-interval",

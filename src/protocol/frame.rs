@@ -40,6 +40,8 @@ pub enum CloseCode {
     TooBig = 1009,
     /// 1011: an unexpected condition on the server.
     Internal = 1011,
+    /// 1012: the server is restarting; reconnect later (drain).
+    ServiceRestart = 1012,
 }
 
 /// Longest header a server frame needs: 2 bytes + 8 bytes of extended length.

@@ -39,6 +39,10 @@ pub enum Response {
     Health,
     /// 200 with the metrics text.
     Metrics,
+    /// /readyz: the worker answers 200 serving or 503 starting/draining.
+    Ready,
+    /// 503 with a one-line reason (the engine is draining).
+    Unavailable(&'static str),
     /// 200 with the quote page.
     Index,
     /// 404.
@@ -101,6 +105,7 @@ pub fn parse(buf: &[u8]) -> Option<Request> {
         }
         "/healthz" => Response::Health,
         "/metrics" => Response::Metrics,
+        "/readyz" => Response::Ready,
         "/" | "/index.html" => Response::Index,
         _ => Response::NotFound,
     };
@@ -185,6 +190,13 @@ pub fn render(resp: Response, head_only: bool, pages: &Pages) -> Bytes {
             "503 Service Unavailable",
             TEXT,
             b"metrics unavailable\n",
+            head_only,
+        ),
+        Response::Ready => respond("200 OK", TEXT, b"ready\n", head_only),
+        Response::Unavailable(why) => respond(
+            "503 Service Unavailable",
+            TEXT,
+            format!("{why}\n").as_bytes(),
             head_only,
         ),
         Response::Index => respond(

@@ -124,6 +124,7 @@ impl Worker {
             index,
             link,
             id,
+            lifecycle,
             ..
         } = self;
         let conn = &mut conns[slot as usize];
@@ -133,7 +134,19 @@ impl Worker {
         };
         let mut used = 0;
         if conn.phase == Phase::Handshake {
-            match http::parse(data) {
+            let parsed = match http::parse(data) {
+                // New clients during a drain would only be cut again.
+                Some(Request::Upgrade { .. }) if lifecycle.is_draining() => Some(Request::Respond(
+                    http::Response::Unavailable("server draining: reconnect later"),
+                )),
+                Some(Request::Respond(http::Response::Ready)) if !lifecycle.is_ready() => {
+                    Some(Request::Respond(http::Response::Unavailable(
+                        "not ready: starting or draining",
+                    )))
+                }
+                p => p,
+            };
+            match parsed {
                 None => return 0,
                 Some(Request::Echo { accept, head_len }) if config.conformance_echo => {
                     conn.out

@@ -93,6 +93,8 @@ pub struct WorkerParts {
     pub open_connections: Arc<AtomicUsize>,
     /// The page served at `/`.
     pub index_html: Bytes,
+    /// Readiness and the drain window.
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
 
 /// Whether the worker is serving or draining for shutdown.
@@ -136,6 +138,9 @@ pub struct Worker {
     next_generation: u32,
     now_ms: u64,
     epoch: Instant,
+    lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// While draining: (close at ms, slot, generation), latest first.
+    drain_plan: Option<Vec<(u64, u32, u32)>>,
 }
 
 impl Worker {
@@ -183,6 +188,8 @@ impl Worker {
             next_generation: 0,
             now_ms: 0,
             epoch: clock::epoch(),
+            lifecycle: p.lifecycle,
+            drain_plan: None,
         })
     }
 

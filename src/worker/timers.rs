@@ -76,6 +76,7 @@ impl Worker {
         if self.acceptor.state == AcceptState::Backoff {
             self.accept();
         }
+        self.drain_step();
         let now = self.now_ms;
         let ping_ms = self.config.ping_interval.as_millis() as u64;
         let idle_ms = self.config.idle_timeout.as_millis() as u64;
@@ -146,6 +147,61 @@ impl Worker {
             self.close(slot);
         }
         self.flush_dirty();
+    }
+
+    /// While draining, sends 1012 to each client at its planned time. The
+    /// plan spreads this worker's clients evenly over the window, so the
+    /// whole engine's reconnects are spread too.
+    fn drain_step(&mut self) {
+        if self.state != super::RunState::Serving {
+            return;
+        }
+        let Some((start, deadline)) = self.lifecycle.drain_window() else {
+            return;
+        };
+        if self.drain_plan.is_none() {
+            // End a little early so the last closes flush before exit.
+            let end = deadline - ((deadline - start) / 10).min(1000);
+            let span = end.saturating_sub(start);
+            let open: Vec<(u32, u32)> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.phase == Phase::Open)
+                .map(|(s, c)| (s as u32, c.key.generation))
+                .collect();
+            let n = open.len() as u64;
+            let mut plan: Vec<(u64, u32, u32)> = open
+                .into_iter()
+                .enumerate()
+                .map(|(i, (s, g))| (start + span * (i as u64 + 1) / n, s, g))
+                .collect();
+            plan.reverse();
+            self.drain_plan = Some(plan);
+        }
+        let now = self.now_ms;
+        let Worker {
+            conns,
+            index,
+            link,
+            dirty,
+            drain_plan,
+            ..
+        } = self;
+        let plan = drain_plan.as_mut().expect("set above");
+        while let Some(&(at, slot, generation)) = plan.last() {
+            if at > now {
+                break;
+            }
+            plan.pop();
+            if let Some(conn) = conns.get_mut(slot as usize)
+                && conn.key.generation == generation
+                && conn.phase == Phase::Open
+            {
+                let reason = "server restarting: reconnect later";
+                send_close(conn, index, link, now, CloseCode::ServiceRestart, reason);
+                dirty.mark(conn, slot);
+            }
+        }
     }
 
     /// Stops accepting and sends 1001 to every open client behind its
