@@ -93,6 +93,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Serve the WebSocket echo endpoint `/echo` (protocol conformance runs).
     pub conformance_echo: bool,
+    /// The certificate and key files when the listen port speaks TLS.
+    pub tls_files: Option<crate::tls::TlsFiles>,
+    /// The TLS configuration new connections use; SIGHUP swaps it.
+    pub tls: Option<crate::tls::SharedConfig>,
 }
 
 impl Default for Config {
@@ -119,6 +123,8 @@ impl Default for Config {
             max_channels: DEFAULT_MAX_CHANNELS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             conformance_echo: false,
+            tls_files: None,
+            tls: None,
         }
     }
 }
@@ -235,6 +241,12 @@ pub struct Cli {
     /// Serve a WebSocket echo endpoint at /echo on the same read and write path as /ws, for protocol conformance suites (Autobahn); off by default
     #[arg(long)]
     pub conformance_echo: bool,
+    /// PEM certificate chain: the listen port then speaks only TLS (wss://, https://); needs --tls-key; SIGHUP reloads both files
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key matching --tls-cert
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The TOML file: the same keys as the flags, with underscores.
@@ -262,6 +274,8 @@ struct FileConfig {
     max_channels: Option<usize>,
     max_connections: Option<usize>,
     conformance_echo: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// A duration: seconds as a number, or a string like "15s" or "500ms".
@@ -460,6 +474,29 @@ impl Config {
         set!(max_line_size, size_of);
         c.demo = cli.demo || file.demo.unwrap_or(false);
         c.conformance_echo = cli.conformance_echo || file.conformance_echo.unwrap_or(false);
+        match (cli.tls_cert.or(file.tls_cert), cli.tls_key.or(file.tls_key)) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => {
+                let loaded = crate::tls::load(&cert, &key).map_err(|e| ConfigError::Invalid {
+                    key: "tls_cert",
+                    message: e.0,
+                })?;
+                c.tls = Some(std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(loaded)));
+                c.tls_files = Some(crate::tls::TlsFiles { cert, key });
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls_key",
+                    message: "is missing: tls_cert needs its private key".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls_cert",
+                    message: "is missing: tls_key needs its certificate".into(),
+                });
+            }
+        }
         c.validate()?;
         Ok(c)
     }

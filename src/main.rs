@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tickwire::config::{Cli, Config};
 use tickwire::{Engine, StartError};
 
@@ -32,6 +32,25 @@ fn drain(engine: &Engine, signals: &mut signal_hook::iterator::Signals, window: 
     }
 }
 
+/// SIGHUP: new handshakes use the re-read certificate and key; open
+/// connections keep theirs. A bad file leaves the old ones in use.
+fn reload_tls(tls: Option<&(tickwire::tls::SharedConfig, tickwire::tls::TlsFiles)>) {
+    let Some((shared, files)) = tls else {
+        eprintln!("tickwire: SIGHUP: no TLS certificate configured, nothing to reload");
+        return;
+    };
+    match tickwire::tls::reload(files, shared) {
+        Ok(()) => eprintln!(
+            "tickwire: TLS certificate reloaded from {}",
+            files.cert.display()
+        ),
+        Err(e) => eprintln!(
+            "tickwire: TLS reload failed ({}): keeping the old certificate",
+            e.0
+        ),
+    }
+}
+
 fn main() -> ExitCode {
     let config = match Config::load(Cli::parse()) {
         Ok(c) => c,
@@ -40,7 +59,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("tickwire: cannot install signal handlers: {e}");
@@ -49,6 +68,7 @@ fn main() -> ExitCode {
     };
     let demo = config.demo;
     let drain_timeout = config.drain_timeout;
+    let tls = config.tls.clone().zip(config.tls_files.clone());
     let engine = match Engine::start(config) {
         Ok(e) => e,
         Err(e @ StartError::Bind { .. }) => {
@@ -77,7 +97,15 @@ fn main() -> ExitCode {
         );
     }
     // drain_timeout = 0: SIGTERM stops at once like SIGINT.
-    if signals.forever().next() == Some(SIGTERM) && !drain_timeout.is_zero() {
+    let mut signal = None;
+    for sig in signals.forever() {
+        if sig != SIGHUP {
+            signal = Some(sig);
+            break;
+        }
+        reload_tls(tls.as_ref());
+    }
+    if signal == Some(SIGTERM) && !drain_timeout.is_zero() {
         drain(&engine, &mut signals, drain_timeout);
     }
     eprintln!("tickwire: shutting down");

@@ -12,7 +12,7 @@ use mio::net::TcpListener;
 use mio::{Interest, Poll, Token};
 
 use crate::ring::ConnKey;
-use crate::transport::Transport;
+use crate::transport::{TlsStream, Transport};
 use crate::worker::Worker;
 use crate::worker::conn::Conn;
 
@@ -113,7 +113,18 @@ impl Worker {
             let _ = socket2::SockRef::from(&stream)
                 .set_tcp_notsent_lowat(self.config.socket_notsent_lowat as u32);
         }
-        let mut transport = Transport::Plain(stream);
+        let mut transport = match &self.config.tls {
+            None => Transport::Plain(stream),
+            // Each accept takes the configuration current now: a reload
+            // applies to new handshakes, never to open connections.
+            Some(tls) => match TlsStream::new(tls.load_full(), stream) {
+                Ok(t) => Transport::Tls(Box::new(t)),
+                Err(_) => {
+                    self.open_connections.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+        };
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
         if self

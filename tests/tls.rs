@@ -1,0 +1,261 @@
+//! TLS on the listen port: wss:// and https:// with a certificate made in the
+//! test, delivery by seq over TLS, bad files refused at start, SIGHUP reloads
+//! (new handshakes see the new certificate, open connections stay), and a
+//! plain-text client on the TLS port costs nobody else their data.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Feed, Server, tick};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tungstenite::Message;
+
+type TlsWs = tungstenite::WebSocket<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
+
+struct Pair {
+    cert: PathBuf,
+    key: PathBuf,
+    der: CertificateDer<'static>,
+}
+
+fn make_pair(dir: &Path, name: &str) -> Pair {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    Pair {
+        cert,
+        key,
+        der: ck.cert.der().clone(),
+    }
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tickwire-tls-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A TLS client that trusts exactly `roots`; returns the stream and the
+/// certificate the server presented.
+fn tls_connect(
+    addr: SocketAddr,
+    roots: &[&CertificateDer<'static>],
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add((*r).clone()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+            .unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+fn wss(addr: SocketAddr, root: &CertificateDer<'static>) -> TlsWs {
+    let stream = tls_connect(addr, &[root]);
+    let (ws, resp) = tungstenite::client(format!("wss://localhost:{}/ws", addr.port()), stream)
+        .expect("wss handshake");
+    assert_eq!(resp.status().as_u16(), 101);
+    ws
+}
+
+fn recv_json(ws: &mut TlsWs) -> serde_json::Value {
+    loop {
+        match ws.read().expect("wss read") {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn subscribe(ws: &mut TlsWs, ch: &str) {
+    let req = format!(r#"{{"op":"subscribe","channels":["{ch}"]}}"#);
+    ws.send(Message::text(req)).unwrap();
+    let ack = recv_json(ws);
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+}
+
+/// Reads updates of `ch` until seq `last`, asserting each seq follows the
+/// one before (no gap, no duplicate).
+fn expect_seqs(ws: &mut TlsWs, ch: &str, first: u64, last: u64) {
+    let mut want = first;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while want <= last {
+        assert!(Instant::now() < deadline, "timed out at seq {want}");
+        let v = recv_json(ws);
+        if v["type"] != "update" || v["ch"] != ch {
+            continue;
+        }
+        assert_eq!(v["seq"].as_u64(), Some(want), "{v}");
+        want += 1;
+    }
+}
+
+fn start_tls(p: &Pair) -> Server {
+    Server::start(&[
+        "--tls-cert",
+        p.cert.to_str().unwrap(),
+        "--tls-key",
+        p.key.to_str().unwrap(),
+        "--conflate-on-block",
+        "false",
+    ])
+}
+
+#[test]
+fn wss_delivers_every_seq_and_https_serves_health() {
+    let dir = temp_dir("deliver");
+    let p = make_pair(&dir, "a");
+    let s = start_tls(&p);
+    let mut ws = wss(s.listen, &p.der);
+    subscribe(&mut ws, "AAPL");
+    // A plain-text client on the TLS port is refused by the handshake; it
+    // must cost nobody else their data.
+    let mut plain = TcpStream::connect(s.listen).unwrap();
+    plain
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // One that resets in the middle of its TLS handshake.
+    {
+        let mut half = TcpStream::connect(s.listen).unwrap();
+        half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+            .unwrap();
+        socket2::SockRef::from(&half)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    }
+    let mut feed = Feed::connect(s.ingest);
+    for i in 0..2000 {
+        feed.send(&tick("AAPL", i));
+    }
+    expect_seqs(&mut ws, "AAPL", 1, 2000);
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = plain.read_to_end(&mut sink);
+    assert!(
+        !sink.starts_with(b"HTTP/1.1 101"),
+        "a plain-text upgrade was accepted on the TLS port"
+    );
+
+    // https:// on the same port.
+    let mut https = tls_connect(s.listen, &[&p.der]);
+    https
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut body = Vec::new();
+    let _ = https.read_to_end(&mut body);
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn bad_or_mismatched_files_exit_2_naming_the_file() {
+    let dir = temp_dir("bad");
+    let a = make_pair(&dir, "a");
+    let b = make_pair(&dir, "b");
+    let missing = dir.join("missing.crt");
+    let run = |cert: &Path, key: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+            .args(["--listen", "127.0.0.1:0", "--ingest", "127.0.0.1:0"])
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&missing, &a.key);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("missing.crt"), "{err}");
+    let (code, err) = run(&a.cert, &b.key);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("b.key") && err.contains("match"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .arg("--tls-cert")
+        .arg(&a.cert)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tls_key"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn sighup_reloads_for_new_handshakes_and_keeps_open_connections() {
+    let dir = temp_dir("reload");
+    let a = make_pair(&dir, "a");
+    let b = make_pair(&dir, "b");
+    let live = Pair {
+        cert: dir.join("live.crt"),
+        key: dir.join("live.key"),
+        der: a.der.clone(),
+    };
+    std::fs::copy(&a.cert, &live.cert).unwrap();
+    std::fs::copy(&a.key, &live.key).unwrap();
+    let s = start_tls(&live);
+    let mut old = wss(s.listen, &a.der);
+    subscribe(&mut old, "MSFT");
+    let mut feed = Feed::connect(s.ingest);
+    feed.send(&tick("MSFT", 1));
+    expect_seqs(&mut old, "MSFT", 1, 1);
+
+    // A broken file: the old certificate stays.
+    std::fs::write(&live.cert, "not a certificate").unwrap();
+    s.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut again = wss(s.listen, &a.der);
+    subscribe(&mut again, "MSFT");
+
+    // The new pair: new handshakes present it; open connections stay.
+    std::fs::copy(&b.cert, &live.cert).unwrap();
+    std::fs::copy(&b.key, &live.key).unwrap();
+    s.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut t = tls_connect(s.listen, &[&a.der, &b.der]);
+        t.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut body = Vec::new();
+        let _ = t.read_to_end(&mut body);
+        let presented = t.conn.peer_certificates().unwrap()[0].clone();
+        if presented == b.der {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not switch certificates"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 2..=200 {
+        feed.send(&tick("MSFT", i));
+    }
+    expect_seqs(&mut old, "MSFT", 2, 200);
+    // It subscribed after seq 1: the snapshot (seq 1) comes first.
+    expect_seqs(&mut again, "MSFT", 1, 200);
+    std::fs::remove_dir_all(dir).ok();
+}
