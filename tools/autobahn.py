@@ -10,6 +10,7 @@ Writes the per-case verdicts as JSON when --json is given.
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections import Counter, defaultdict
 
@@ -83,4 +84,9 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The runner's native threads can abort the interpreter's teardown after
+    # the results are in (seen once after 9.*); the verdict is already made.
+    os._exit(code)
