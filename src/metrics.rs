@@ -30,6 +30,8 @@ pub mod names {
     pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "tickwire_connections_accepted_total";
     /// `tickwire_accept_errors_total`.
     pub const ACCEPT_ERRORS_TOTAL: &str = "tickwire_accept_errors_total";
+    /// `tickwire_tls_handshake_failures_total`.
+    pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "tickwire_tls_handshake_failures_total";
     /// `tickwire_deliveries_total`.
     pub const DELIVERIES_TOTAL: &str = "tickwire_deliveries_total";
     /// `tickwire_bytes_out_total`.
@@ -110,6 +112,8 @@ pub struct WorkerStats {
     pub accepted: AtomicU64,
     /// Accepts that failed (out of file descriptors); retried.
     pub accept_errors: AtomicU64,
+    /// TLS connections that ended before their handshake completed.
+    pub tls_handshake_failures: AtomicU64,
     /// Event loop turns.
     pub loop_turns: AtomicU64,
     /// Write passes that waited for a contended core's share (pacing).
@@ -153,6 +157,8 @@ pub struct WorkerCounters {
     /// See [`WorkerStats`].
     pub accept_errors: u64,
     /// See [`WorkerStats`].
+    pub tls_handshake_failures: u64,
+    /// See [`WorkerStats`].
     pub loop_turns: u64,
     /// See [`WorkerStats`].
     pub paced_passes: u64,
@@ -181,6 +187,8 @@ impl WorkerCounters {
         s.http_rejects.store(self.http_rejects, r);
         s.accepted.store(self.accepted, r);
         s.accept_errors.store(self.accept_errors, r);
+        s.tls_handshake_failures
+            .store(self.tls_handshake_failures, r);
         s.loop_turns.store(self.loop_turns, r);
         s.paced_passes.store(self.paced_passes, r);
         s.paced_wait_ns.store(self.paced_wait_ns, r);
@@ -296,6 +304,13 @@ impl Metrics {
             "Accepts that failed (out of file descriptors) and were retried.",
             "counter",
             self.total(|w| &w.accept_errors),
+        );
+        gauge(
+            &mut o,
+            names::TLS_HANDSHAKE_FAILURES_TOTAL,
+            "TLS connections that ended before their handshake completed (bad or no TLS, reset).",
+            "counter",
+            self.total(|w| &w.tls_handshake_failures),
         );
         gauge(
             &mut o,

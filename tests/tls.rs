@@ -165,6 +165,27 @@ fn wss_delivers_every_seq_and_https_serves_health() {
     let _ = https.read_to_end(&mut body);
     let text = String::from_utf8_lossy(&body);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+
+    // The plain-text client and the reset one are counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut m = tls_connect(s.listen, &[&p.der]);
+        m.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut page = Vec::new();
+        let _ = m.read_to_end(&mut page);
+        let page = String::from_utf8_lossy(&page);
+        let failures: f64 = page
+            .lines()
+            .find_map(|l| l.strip_prefix("tickwire_tls_handshake_failures_total "))
+            .map(|v| v.trim().parse().unwrap())
+            .expect("metric present");
+        if failures >= 2.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "handshake failures {failures}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -240,6 +240,9 @@ impl Worker {
         let Some(mut conn) = self.conns.try_remove(slot as usize) else {
             return;
         };
+        if conn.transport.tls_handshake_failed() {
+            self.stats.counters.tls_handshake_failures += 1;
+        }
         unsubscribe_all(&mut conn, &mut self.index, &mut self.link);
         let _ = self.poll.registry().deregister(&mut conn.transport);
         self.open_connections.fetch_sub(1, Ordering::Relaxed);
