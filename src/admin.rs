@@ -4,9 +4,11 @@
 //! hands it the request and gets the finished response back on its own
 //! queue, with a ring of its doorbell.
 
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam::channel::{Receiver, Sender, bounded};
@@ -120,4 +122,83 @@ impl Admin {
             self.bells[req.worker].ring();
         }
     }
+}
+
+/// How long one admin-port client may take to send its request.
+const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on the admin address
+/// (`--admin-listen`), one short request at a time, off every worker: the
+/// port is for operators and scrapers, not the public.
+pub fn serve_admin_port(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    shutdown: Arc<AtomicBool>,
+) {
+    if listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    while !shutdown.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => answer(stream, &metrics, &lifecycle),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(_) => std::thread::sleep(IDLE_POLL),
+        }
+    }
+}
+
+fn answer(
+    mut stream: std::net::TcpStream,
+    metrics: &Metrics,
+    lifecycle: &crate::lifecycle::Lifecycle,
+) {
+    let _ = stream.set_nonblocking(false);
+    let deadline = Instant::now() + ADMIN_REQUEST_TIMEOUT;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    let request = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if let Some(r) = http::parse(&buf) {
+            break r;
+        }
+    };
+    let head_only = http::is_head(&buf);
+    let page = match request {
+        http::Request::Respond(http::Response::Metrics) => http::respond(
+            "200 OK",
+            "text/plain; version=0.0.4",
+            metrics.render().as_bytes(),
+            head_only,
+        ),
+        http::Request::Respond(http::Response::Health) => {
+            http::respond("200 OK", "text/plain; charset=utf-8", b"ok\n", head_only)
+        }
+        http::Request::Respond(http::Response::Ready) if lifecycle.is_ready() => {
+            http::respond("200 OK", "text/plain; charset=utf-8", b"ready\n", head_only)
+        }
+        http::Request::Respond(http::Response::Ready) => http::respond(
+            "503 Service Unavailable",
+            "text/plain; charset=utf-8",
+            b"not ready: starting or draining\n",
+            head_only,
+        ),
+        _ => http::respond(
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            b"the admin port serves /metrics, /healthz and /readyz\n",
+            head_only,
+        ),
+    };
+    let _ = stream.set_write_timeout(Some(ADMIN_REQUEST_TIMEOUT));
+    let _ = stream.write_all(&page);
 }

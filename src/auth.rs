@@ -50,6 +50,40 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Every reason, in metric order.
+    pub const ALL: [AuthError; 8] = [
+        AuthError::Missing,
+        AuthError::Malformed,
+        AuthError::BadSignature,
+        AuthError::Expired,
+        AuthError::NotYetValid,
+        AuthError::Audience,
+        AuthError::Issuer,
+        AuthError::UnknownKid,
+    ];
+
+    /// Position in [`AuthError::ALL`].
+    pub fn index(&self) -> usize {
+        AuthError::ALL
+            .iter()
+            .position(|e| e == self)
+            .expect("listed")
+    }
+
+    /// The one-line reason sent to the client (401 body, 1008 reason).
+    pub const fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing token",
+            AuthError::Malformed => "malformed token",
+            AuthError::BadSignature => "bad signature",
+            AuthError::Expired => "token expired",
+            AuthError::NotYetValid => "token not yet valid",
+            AuthError::Audience => "wrong audience",
+            AuthError::Issuer => "wrong issuer",
+            AuthError::UnknownKid => "unknown key id",
+        }
+    }
+
     /// Label for `tickwire_auth_failures_total{reason=...}`.
     pub const fn label(&self) -> &'static str {
         match self {
@@ -293,6 +327,69 @@ impl Permissions {
         self.exact.binary_search_by(|e| (**e).cmp(channel)).is_ok()
             || self.prefixes.iter().any(|p| channel.starts_with(&**p))
     }
+}
+
+/// An authenticated user on one connection: who, until when, and what
+/// they may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The token's `sub`.
+    pub sub: Box<str>,
+    /// The token's `exp`, unix seconds.
+    pub exp: u64,
+    /// Channels the user may subscribe to.
+    pub channels: Permissions,
+    /// Channels the user may publish to (the two-way protocol).
+    pub publish: Permissions,
+    /// `token_expiring` was sent for this `exp`.
+    pub warned: bool,
+}
+
+impl Session {
+    /// The session a verified token grants.
+    pub fn from_claims(c: &Claims) -> Session {
+        Session {
+            sub: c.sub.as_str().into(),
+            exp: c.exp,
+            channels: Permissions::compile(&c.channels, &c.sub),
+            publish: Permissions::compile(&c.publish, &c.sub),
+            warned: false,
+        }
+    }
+}
+
+/// Where a connection is with authentication.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ConnAuth {
+    /// Authentication is not configured.
+    #[default]
+    Off,
+    /// Upgraded without a token: only `{"op":"auth"}` is accepted, until
+    /// the handshake timeout from `since_ms`.
+    Waiting {
+        /// When the upgrade completed (worker clock, ms).
+        since_ms: u64,
+    },
+    /// Authenticated.
+    User(Box<Session>),
+}
+
+impl ConnAuth {
+    /// Whether the connection may subscribe to `channel`.
+    pub fn allows(&self, channel: &str) -> bool {
+        match self {
+            ConnAuth::Off => true,
+            ConnAuth::Waiting { .. } => false,
+            ConnAuth::User(s) => s.channels.allows(channel),
+        }
+    }
+}
+
+/// Wall-clock unix seconds (token times are wall-clock).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Reads a key file for [`KeySource`].

@@ -44,6 +44,23 @@ pub const DEFAULT_MAX_CHANNELS: usize = 1_000_000;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 200_000;
 /// How long a SIGTERM drain spreads its 1012 closes over.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Clock skew allowed on token `exp` and `nbf`.
+pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
+/// How long before `exp` a client is asked for a new token.
+pub const DEFAULT_TOKEN_REFRESH_LEAD: Duration = Duration::from_secs(30);
+/// WebSocket connections one client address may hold.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1000;
+/// New WebSocket connections one client address may open per second
+/// (a token bucket holding one second's worth).
+pub const DEFAULT_NEW_CONNECTIONS_PER_IP_PER_SECOND: u32 = 200;
+/// Client messages per connection per second (a token bucket holding two
+/// seconds' worth); a dashboard sends a few.
+pub const DEFAULT_CLIENT_MESSAGES_PER_SECOND: u32 = 200;
+/// Feed connections the ingest port accepts at once.
+pub const DEFAULT_MAX_FEED_CONNECTIONS: usize = 64;
+/// Environment variable holding the HS256 secret (never a flag: `ps` shows
+/// command lines).
+pub const JWT_SECRET_ENV: &str = "TICKWIRE_JWT_SECRET";
 /// Demo feed rate, updates per second over all symbols.
 pub const DEFAULT_DEMO_RATE: u32 = 3000;
 
@@ -97,6 +114,29 @@ pub struct Config {
     pub tls_files: Option<crate::tls::TlsFiles>,
     /// The TLS configuration new connections use; SIGHUP swaps it.
     pub tls: Option<crate::tls::SharedConfig>,
+    /// Verifies client tokens; `None`: authentication is off.
+    pub auth: Option<std::sync::Arc<crate::auth::Verifier>>,
+    /// Skew allowed on `exp` and `nbf`.
+    pub jwt_leeway: Duration,
+    /// `token_expiring` is sent this long before `exp`.
+    pub token_refresh_lead: Duration,
+    /// The shared token a feed's `AUTH` line must carry; `None`: feeds are
+    /// not authenticated.
+    pub ingest_token: Option<std::sync::Arc<[u8]>>,
+    /// Where `/metrics` is served instead of the listen port.
+    pub admin_listen: Option<SocketAddr>,
+    /// WebSocket connections per client address; 0: no limit.
+    pub max_connections_per_ip: usize,
+    /// New WebSocket connections per client address per second; 0: no limit.
+    pub new_connections_per_ip_per_second: u32,
+    /// Client messages per connection per second; 0: no limit.
+    pub client_messages_per_second: u32,
+    /// `Origin` values allowed at upgrade; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// Feed connections at once.
+    pub max_feed_connections: usize,
+    /// Peers whose `Forwarded`/`X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<crate::limits::Cidr>,
 }
 
 impl Default for Config {
@@ -125,6 +165,17 @@ impl Default for Config {
             conformance_echo: false,
             tls_files: None,
             tls: None,
+            auth: None,
+            jwt_leeway: DEFAULT_JWT_LEEWAY,
+            token_refresh_lead: DEFAULT_TOKEN_REFRESH_LEAD,
+            ingest_token: None,
+            admin_listen: None,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            new_connections_per_ip_per_second: DEFAULT_NEW_CONNECTIONS_PER_IP_PER_SECOND,
+            client_messages_per_second: DEFAULT_CLIENT_MESSAGES_PER_SECOND,
+            allowed_origins: Vec::new(),
+            max_feed_connections: DEFAULT_MAX_FEED_CONNECTIONS,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -247,6 +298,51 @@ pub struct Cli {
     /// PEM private key matching --tls-cert
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Require a JWT from every client, HS256 with the secret in this file (or in the environment variable TICKWIRE_JWT_SECRET; never on the command line) [default: off]
+    #[arg(long, value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Require a JWT from every client, RS256 or ES256, verified with this PEM public key [default: off]
+    #[arg(long, value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Require a JWT from every client, verified with the key of this JWKS document that its "kid" names [default: off]
+    #[arg(long, value_name = "FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// Tokens must carry this "aud" [default: not checked]
+    #[arg(long, value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+    /// Tokens must carry this "iss" [default: not checked]
+    #[arg(long, value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+    /// Clock skew allowed on a token's exp and nbf [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub jwt_leeway: Option<Duration>,
+    /// Send {"type":"token_expiring"} this long before a token's exp [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub token_refresh_lead: Option<Duration>,
+    /// A feed's first line must be "AUTH <token>" with the token in this file [default: off]
+    #[arg(long, value_name = "FILE")]
+    pub ingest_token_file: Option<PathBuf>,
+    /// Serve /metrics, /healthz and /readyz on this address instead of the listen port [default: the listen port]
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// WebSocket connections one client address may hold; more get 503; 0 for no limit [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// New WebSocket connections one client address may open per second; more get 429; 0 for no limit [default: 200]
+    #[arg(long, value_name = "N")]
+    pub new_connections_per_ip_per_second: Option<u32>,
+    /// Messages a client may send per second (bursts of two seconds' worth); more get a rate_limited error, a second of them close 1008; 0 for no limit [default: 200]
+    #[arg(long, value_name = "N")]
+    pub client_messages_per_second: Option<u32>,
+    /// Origins allowed to open WebSockets, comma-separated (https://app.example.com); others get 403 [default: any]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Feed connections the ingest port holds at once; more get an error line and are closed [default: 64]
+    #[arg(long, value_name = "N")]
+    pub max_feed_connections: Option<usize>,
+    /// Proxies whose Forwarded or X-Forwarded-For header names the client, comma-separated addresses or CIDRs (10.0.0.0/8) [default: none]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// The TOML file: the same keys as the flags, with underscores.
@@ -276,6 +372,21 @@ struct FileConfig {
     conformance_echo: Option<bool>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    jwt_secret_file: Option<PathBuf>,
+    jwt_public_key: Option<PathBuf>,
+    jwt_jwks_file: Option<PathBuf>,
+    jwt_audience: Option<String>,
+    jwt_issuer: Option<String>,
+    jwt_leeway: Option<DurationValue>,
+    token_refresh_lead: Option<DurationValue>,
+    ingest_token_file: Option<PathBuf>,
+    admin_listen: Option<SocketAddr>,
+    max_connections_per_ip: Option<usize>,
+    new_connections_per_ip_per_second: Option<u32>,
+    client_messages_per_second: Option<u32>,
+    allowed_origins: Option<Vec<String>>,
+    max_feed_connections: Option<usize>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 /// A duration: seconds as a number, or a string like "15s" or "500ms".
@@ -497,8 +608,132 @@ impl Config {
                 });
             }
         }
+        set!(jwt_leeway, duration_of);
+        set!(token_refresh_lead, duration_of);
+        set!(max_connections_per_ip);
+        set!(new_connections_per_ip_per_second);
+        set!(client_messages_per_second);
+        set!(max_feed_connections);
+        set!(allowed_origins);
+        c.admin_listen = cli.admin_listen.or(file.admin_listen);
+        if let Some(list) = cli.trusted_proxies.or(file.trusted_proxies) {
+            for p in list.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+                let cidr = p.parse().map_err(|message| ConfigError::Invalid {
+                    key: "trusted_proxies",
+                    message,
+                })?;
+                c.trusted_proxies.push(cidr);
+            }
+        }
+        for o in &c.allowed_origins {
+            if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+                return Err(ConfigError::Invalid {
+                    key: "allowed_origins",
+                    message: format!(
+                        "{o:?} is not an origin: scheme and host, like https://app.example.com"
+                    ),
+                });
+            }
+        }
+        c.auth = Self::load_verifier(
+            cli.jwt_secret_file.or(file.jwt_secret_file),
+            cli.jwt_public_key.or(file.jwt_public_key),
+            cli.jwt_jwks_file.or(file.jwt_jwks_file),
+            cli.jwt_audience.or(file.jwt_audience),
+            cli.jwt_issuer.or(file.jwt_issuer),
+            c.jwt_leeway,
+        )?;
+        if let Some(path) = cli.ingest_token_file.or(file.ingest_token_file) {
+            let invalid = |message: String| ConfigError::Invalid {
+                key: "ingest_token_file",
+                message,
+            };
+            let text = crate::auth::read_key_file(&path).map_err(|e| invalid(e.to_string()))?;
+            let token = text.trim_ascii();
+            if token.is_empty() || token.iter().any(|b| b.is_ascii_whitespace()) {
+                return Err(invalid(format!(
+                    "{}: the token must be one word, not empty",
+                    path.display()
+                )));
+            }
+            c.ingest_token = Some(token.into());
+        }
         c.validate()?;
         Ok(c)
+    }
+
+    /// The token verifier from at most one key source; the secret may come
+    /// from the environment.
+    fn load_verifier(
+        secret_file: Option<PathBuf>,
+        public_key: Option<PathBuf>,
+        jwks: Option<PathBuf>,
+        audience: Option<String>,
+        issuer: Option<String>,
+        leeway: Duration,
+    ) -> Result<Option<std::sync::Arc<crate::auth::Verifier>>, ConfigError> {
+        use crate::auth::{KeySource, Verifier, read_key_file};
+        let env_secret = std::env::var_os(JWT_SECRET_ENV).filter(|v| !v.is_empty());
+        let given = [
+            secret_file.is_some(),
+            public_key.is_some(),
+            jwks.is_some(),
+            env_secret.is_some() && secret_file.is_none(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err(ConfigError::Invalid {
+                key: "jwt_secret_file",
+                message: format!(
+                    "give one of jwt_secret_file, {JWT_SECRET_ENV}, jwt_public_key, jwt_jwks_file"
+                ),
+            });
+        }
+        let invalid = |key, e: crate::auth::KeyError| ConfigError::Invalid {
+            key,
+            message: e.to_string(),
+        };
+        let (key, origin, source) = if let Some(p) = secret_file {
+            let text = read_key_file(&p).map_err(|e| invalid("jwt_secret_file", e))?;
+            let secret = text.trim_ascii_end().to_vec();
+            (
+                "jwt_secret_file",
+                p.display().to_string(),
+                KeySource::Secret(secret),
+            )
+        } else if let Some(p) = public_key {
+            let pem = read_key_file(&p).map_err(|e| invalid("jwt_public_key", e))?;
+            (
+                "jwt_public_key",
+                p.display().to_string(),
+                KeySource::PublicKeyPem(pem),
+            )
+        } else if let Some(p) = jwks {
+            let doc = read_key_file(&p).map_err(|e| invalid("jwt_jwks_file", e))?;
+            (
+                "jwt_jwks_file",
+                p.display().to_string(),
+                KeySource::Jwks(doc),
+            )
+        } else if let Some(v) = env_secret {
+            use std::os::unix::ffi::OsStrExt;
+            let secret = v.as_bytes().trim_ascii_end().to_vec();
+            (
+                "jwt_secret_file",
+                JWT_SECRET_ENV.to_string(),
+                KeySource::Secret(secret),
+            )
+        } else {
+            if audience.is_some() || issuer.is_some() {
+                return Err(ConfigError::Invalid {
+                    key: "jwt_audience",
+                    message: "needs a key: jwt_secret_file, jwt_public_key or jwt_jwks_file".into(),
+                });
+            }
+            return Ok(None);
+        };
+        let v = Verifier::new(&source, &origin, audience, issuer, leeway.as_secs())
+            .map_err(|e| invalid(key, e))?;
+        Ok(Some(std::sync::Arc::new(v)))
     }
 
     fn parse_file(text: &str) -> Result<FileConfig, String> {
@@ -525,6 +760,8 @@ impl Config {
             ("idle_timeout", self.idle_timeout),
             ("slow_consumer_timeout", self.slow_consumer_timeout),
             ("drain_timeout", self.drain_timeout),
+            ("jwt_leeway", self.jwt_leeway),
+            ("token_refresh_lead", self.token_refresh_lead),
         ] {
             if d > MAX_TIMER {
                 return bad(key, "must be at most 7 days");
@@ -556,6 +793,9 @@ impl Config {
         }
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1");
+        }
+        if self.max_feed_connections == 0 {
+            return bad("max_feed_connections", "must be at least 1");
         }
         if self.demo && self.demo_rate == 0 {
             return bad("demo_rate", "must be at least 1");

@@ -29,6 +29,7 @@ pub mod config;
 pub mod demo;
 pub mod ingest;
 pub mod lifecycle;
+pub mod limits;
 pub mod metrics;
 pub mod pacing;
 pub mod protocol;

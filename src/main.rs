@@ -83,8 +83,12 @@ fn main() -> ExitCode {
         }
     };
     // Tests and scripts read this line to learn the ports (which may be 0 = ephemeral).
+    let admin = engine
+        .admin_addr()
+        .map(|a| format!(" admin={a}"))
+        .unwrap_or_default();
     println!(
-        "tickwire ready listen={} ingest={} workers={}",
+        "tickwire ready listen={} ingest={} workers={}{admin}",
         engine.listen_addr(),
         engine.ingest_addr(),
         engine.workers()

@@ -76,6 +76,10 @@ pub mod names {
     pub const WORKER_CONTENDED_WINDOWS_TOTAL: &str = "tickwire_worker_contended_windows_total";
     /// `tickwire_ingest_rejects_total{reason}`.
     pub const INGEST_REJECTS_TOTAL: &str = "tickwire_ingest_rejects_total";
+    /// `tickwire_auth_failures_total{reason}`.
+    pub const AUTH_FAILURES_TOTAL: &str = "tickwire_auth_failures_total";
+    /// `tickwire_limit_rejects_total{reason}`.
+    pub const LIMIT_REJECTS_TOTAL: &str = "tickwire_limit_rejects_total";
     /// `tickwire_delivery_latency_seconds{quantile}`.
     pub const DELIVERY_LATENCY_SECONDS: &str = "tickwire_delivery_latency_seconds";
 }
@@ -222,6 +226,8 @@ pub struct Metrics {
     pub workers: Box<[CachePadded<WorkerStats>]>,
     /// The ingest thread.
     pub ingest: CachePadded<IngestStats>,
+    /// Refused tokens and limit hits (any thread).
+    pub refusals: CachePadded<crate::limits::Refusals>,
     latency: Box<[Mutex<Histogram<u64>>]>,
 }
 
@@ -233,6 +239,7 @@ impl Metrics {
                 .map(|_| CachePadded::new(WorkerStats::default()))
                 .collect(),
             ingest: CachePadded::new(IngestStats::default()),
+            refusals: CachePadded::new(crate::limits::Refusals::default()),
             latency: (0..workers)
                 .map(|_| Mutex::new(latency_histogram()))
                 .collect(),
@@ -437,6 +444,32 @@ impl Metrics {
                 "{name}{{reason=\"{}\"}} {}",
                 reason.label(),
                 i.rejects[reason.index()].load(r)
+            );
+        }
+        let name = names::AUTH_FAILURES_TOTAL;
+        let _ = writeln!(
+            o,
+            "# HELP {name} Tokens refused (upgrade, first message, refresh, feed AUTH), by reason.\n# TYPE {name} counter"
+        );
+        for e in crate::auth::AuthError::ALL {
+            let _ = writeln!(
+                o,
+                "{name}{{reason=\"{}\"}} {}",
+                e.label(),
+                self.refusals.auth_count(&e)
+            );
+        }
+        let name = names::LIMIT_REJECTS_TOTAL;
+        let _ = writeln!(
+            o,
+            "# HELP {name} Connections and messages refused by an abuse limit, by limit.\n# TYPE {name} counter"
+        );
+        for l in crate::limits::Limit::ALL {
+            let _ = writeln!(
+                o,
+                "{name}{{reason=\"{}\"}} {}",
+                l.label(),
+                self.refusals.limit_count(l)
             );
         }
         let per_worker = |o: &mut String,

@@ -50,6 +50,7 @@ pub enum StartError {
 pub struct Engine {
     listen: SocketAddr,
     ingest: SocketAddr,
+    admin: Option<SocketAddr>,
     workers: usize,
     shutdown: Arc<AtomicBool>,
     bells: Vec<Arc<Doorbell>>,
@@ -118,10 +119,22 @@ impl Engine {
         }
         let ingest_listener = bind(config.ingest, false)?;
         let ingest_addr = ingest_listener.local_addr()?;
+        let admin_listener = match config.admin_listen {
+            Some(addr) => Some(bind(addr, false)?),
+            None => None,
+        };
+        let admin_addr = match &admin_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
 
         let metrics = Arc::new(Metrics::new(n));
         let shutdown = Arc::new(AtomicBool::new(false));
         let open_connections = Arc::new(AtomicUsize::new(0));
+        let ips = Arc::new(crate::limits::IpTable::new(
+            config.max_connections_per_ip,
+            config.new_connections_per_ip_per_second,
+        ));
         let lifecycle = Arc::new(Lifecycle::default());
         let ingest_poll = Poll::new()?;
         let ingest_bell = Doorbell::new(Waker::new(ingest_poll.registry(), ingest::WAKER_TOKEN)?);
@@ -177,6 +190,7 @@ impl Engine {
                 shutdown: Arc::clone(&shutdown),
                 config: Arc::clone(&config),
                 open_connections: Arc::clone(&open_connections),
+                ips: Arc::clone(&ips),
                 index_html: index_html.clone(),
                 lifecycle: Arc::clone(&lifecycle),
             });
@@ -193,6 +207,8 @@ impl Engine {
             shutdown: Arc::clone(&shutdown),
             max_line: config.max_line_size,
             max_channels: config.max_channels,
+            token: config.ingest_token.clone(),
+            max_feeds: config.max_feed_connections,
         })?;
 
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -212,6 +228,18 @@ impl Engine {
                 .name("tickwire-admin".into())
                 .spawn(move || admin.run())?,
         );
+        if let Some(l) = admin_listener {
+            let (m, lc, stop) = (
+                Arc::clone(&metrics),
+                Arc::clone(&lifecycle),
+                Arc::clone(&shutdown),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name("tickwire-admin-port".into())
+                    .spawn(move || crate::admin::serve_admin_port(l, m, lc, stop))?,
+            );
+        }
         // Workers hold `Rc`s, so each is built on its own thread; startup
         // waits for every one to report.
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -268,6 +296,7 @@ impl Engine {
         Ok(Engine {
             listen,
             ingest: ingest_addr,
+            admin: admin_addr,
             workers: n,
             shutdown,
             bells,
@@ -281,6 +310,11 @@ impl Engine {
     /// The WebSocket/HTTP address actually bound.
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// The admin address actually bound, when `--admin-listen` is given.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 
     /// The ingest address actually bound.

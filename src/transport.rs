@@ -185,6 +185,17 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// The peer's address (one syscall; asked once per upgrade).
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        let tcp = match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(t) => &t.tcp,
+        };
+        tcp.peer_addr().ok().map(|a| a.ip())
+    }
+}
+
 impl Read for Transport {
     #[inline]
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

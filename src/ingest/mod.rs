@@ -61,6 +61,10 @@ struct Feed {
     discarding: bool,
     out: Vec<u8>,
     out_dropped: u64,
+    /// Sent its `AUTH` line (or none is required).
+    authed: bool,
+    /// Refused: close once the error line is written.
+    refused: bool,
 }
 
 /// The ingest thread's state.
@@ -84,6 +88,9 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     shutdown: Arc<AtomicBool>,
     max_line: usize,
+    /// The token an `AUTH` first line must carry.
+    token: Option<Arc<[u8]>>,
+    max_feeds: usize,
     messages: u64,
     bytes: u64,
     rejects: [u64; 6],
@@ -115,6 +122,10 @@ pub struct IngestParts {
     pub max_line: usize,
     /// Channel limit.
     pub max_channels: usize,
+    /// A feed's first line must be `AUTH <token>` with this token.
+    pub token: Option<Arc<[u8]>>,
+    /// Feed connections at once.
+    pub max_feeds: usize,
 }
 
 /// The token the ingest Poll's waker must use.
@@ -148,6 +159,8 @@ impl Ingest {
             metrics: p.metrics,
             shutdown: p.shutdown,
             max_line: p.max_line,
+            token: p.token,
+            max_feeds: p.max_feeds,
             messages: 0,
             bytes: 0,
             rejects: [0; 6],
@@ -219,6 +232,19 @@ impl Ingest {
                 Ok((mut stream, _)) => {
                     self.accept_failing = false;
                     let _ = stream.set_nodelay(true);
+                    if self.feeds.len() >= self.max_feeds {
+                        self.metrics
+                            .refusals
+                            .limit(crate::limits::Limit::FeedConnections);
+                        let msg = format!(
+                            "{{\"error\":\"too many feed connections (max_feed_connections is {})\",\"line\":0}}\n",
+                            self.max_feeds
+                        );
+                        // A fresh socket takes one short line; then it is dropped.
+                        let _ = stream.write(msg.as_bytes());
+                        let _ = stream.shutdown(std::net::Shutdown::Write);
+                        continue;
+                    }
                     let entry = self.feeds.vacant_entry();
                     let key = entry.key();
                     if self
@@ -242,6 +268,8 @@ impl Ingest {
                         discarding: false,
                         out: Vec::new(),
                         out_dropped: 0,
+                        authed: self.token.is_none(),
+                        refused: false,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -286,6 +314,8 @@ impl Ingest {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
+                    // Reset: a partial last line was cut, not ended.
+                    feed.discarding = true;
                     self.close_feed(key);
                     return false;
                 }
@@ -294,6 +324,13 @@ impl Ingest {
             self.process(key);
             self.ring_workers();
             self.flush_feed(key);
+            if self.feeds.get(key).is_some_and(|f| f.refused) {
+                let feed = &mut self.feeds[key];
+                feed.discarding = true;
+                let _ = feed.stream.shutdown(std::net::Shutdown::Write);
+                self.close_feed(key);
+                return false;
+            }
         }
         true
     }
@@ -318,6 +355,14 @@ impl Ingest {
             feed.line += 1;
             let line_no = feed.line;
             self.bytes += nl as u64 + 1;
+            if !feed.authed {
+                // Once per feed: copied out of the buffer it borrows.
+                let line = feed.buf[line_start..line_start + nl].to_vec();
+                if self.authenticate(key, &line) {
+                    continue;
+                }
+                break;
+            }
             if nl > max_line {
                 self.reject(key, Reject::LineTooLong, line_no);
                 continue;
@@ -361,6 +406,36 @@ impl Ingest {
         feed.filled = 0;
         self.bytes += left as u64;
         self.reject(key, Reject::LineTooLong, line_no);
+    }
+
+    /// Checks a feed's first line, `AUTH <token>`; a refused feed gets one
+    /// error line and is closed.
+    fn authenticate(&mut self, key: usize, line: &[u8]) -> bool {
+        let token = self.token.as_deref().unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let (ok, why, reason) = match line.strip_prefix(b"AUTH ") {
+            Some(t) if crate::auth::constant_time_eq(t.trim_ascii(), token) => {
+                (true, "", crate::auth::AuthError::Missing)
+            }
+            Some(_) => (false, "bad token", crate::auth::AuthError::BadSignature),
+            None => (
+                false,
+                "authentication required: the first line must be AUTH <token>",
+                crate::auth::AuthError::Missing,
+            ),
+        };
+        let feed = &mut self.feeds[key];
+        if ok {
+            feed.authed = true;
+            return true;
+        }
+        self.metrics.refusals.auth(&reason);
+        feed.out.extend_from_slice(b"{\"error\":\"");
+        feed.out.extend_from_slice(why.as_bytes());
+        feed.out.extend_from_slice(b"\",\"line\":1}\n");
+        feed.refused = true;
+        feed.start = feed.filled;
+        false
     }
 
     fn fan_out(&mut self, update: Update) {
@@ -449,7 +524,7 @@ impl Ingest {
     fn close_feed(&mut self, key: usize) {
         let mut feed = self.feeds.remove(key);
         // A last unterminated line still counts: feeds may omit the final newline.
-        if !feed.discarding && feed.filled > feed.start {
+        if feed.authed && !feed.discarding && feed.filled > feed.start {
             let now = clock::now_ns();
             let bytes = &feed.buf[feed.start..feed.filled];
             match accept_line(&mut self.parser, &mut self.sequencer, bytes, now) {

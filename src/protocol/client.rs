@@ -27,11 +27,16 @@ pub enum ErrorCode {
     Unsupported,
     /// The engine's channel table is full.
     ChannelLimit,
+    /// The token does not allow these channels; the rest of the request is
+    /// applied.
+    Forbidden,
+    /// Over `client_messages_per_second`; the message is dropped.
+    RateLimited,
 }
 
 impl ErrorCode {
     /// Every code, for docs and tests.
-    pub const ALL: [ErrorCode; 7] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::BadJson,
         ErrorCode::BadRequest,
         ErrorCode::UnknownOp,
@@ -39,6 +44,8 @@ impl ErrorCode {
         ErrorCode::TooManyChannels,
         ErrorCode::Unsupported,
         ErrorCode::ChannelLimit,
+        ErrorCode::Forbidden,
+        ErrorCode::RateLimited,
     ];
 
     /// The code as it appears on the wire.
@@ -51,6 +58,8 @@ impl ErrorCode {
             ErrorCode::TooManyChannels => "too_many_channels",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::ChannelLimit => "channel_limit",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }
@@ -86,6 +95,8 @@ pub enum ClientOp {
     Subscribe(Vec<Box<str>>),
     /// Unsubscribe from these channels.
     Unsubscribe(Vec<Box<str>>),
+    /// Authenticate, or refresh the token.
+    Auth(String),
 }
 
 /// A bad client message: answered with an error frame, connection kept.
@@ -110,6 +121,7 @@ impl ClientError {
 struct RawOp {
     op: Option<serde_json::Value>,
     channels: Option<serde_json::Value>,
+    token: Option<serde_json::Value>,
 }
 
 /// Parses a client text message.
@@ -141,11 +153,20 @@ pub fn parse_client_message(text: &[u8], max_channels: usize) -> Result<ClientOp
         }
         None => return Err(ClientError::new(ErrorCode::BadRequest, "missing \"op\"")),
     };
+    if op == "auth" {
+        return match raw.token {
+            Some(serde_json::Value::String(t)) => Ok(ClientOp::Auth(t)),
+            _ => Err(ClientError::new(
+                ErrorCode::BadRequest,
+                "\"token\" must be a string",
+            )),
+        };
+    }
     if op != "subscribe" && op != "unsubscribe" {
         return Err(ClientError::new(
             ErrorCode::UnknownOp,
             format!(
-                "unknown op {:?}: use subscribe or unsubscribe",
+                "unknown op {:?}: use subscribe, unsubscribe or auth",
                 truncate(&op, 64)
             ),
         ));
@@ -221,6 +242,26 @@ pub fn ack_frame(kind: Ack, names: &[Box<str>]) -> Bytes {
     frame::text(s.as_bytes())
 }
 
+/// `{"type":"unsubscribed","channels":[...],"reason":"forbidden"}`: the
+/// server ended these subscriptions (a refreshed token no longer allows
+/// them).
+pub fn ended_frame(names: &[Box<str>], reason: &str) -> Bytes {
+    let body = serde_json::json!({"type": "unsubscribed", "channels": names, "reason": reason});
+    frame::text(body.to_string().as_bytes())
+}
+
+/// `{"type":"authenticated","sub":...,"exp":...}`: the token was accepted.
+pub fn authenticated_frame(sub: &str, exp: u64) -> Bytes {
+    let body = serde_json::json!({"type": "authenticated", "sub": sub, "exp": exp});
+    frame::text(body.to_string().as_bytes())
+}
+
+/// `{"type":"token_expiring","exp":...}`: send `{"op":"auth"}` with a new
+/// token before `exp`.
+pub fn token_expiring_frame(exp: u64) -> Bytes {
+    frame::text(format!("{{\"type\":\"token_expiring\",\"exp\":{exp}}}").as_bytes())
+}
+
 /// `{"type":"error","code":...,"message":...}` as a frame.
 pub fn error_frame(code: ErrorCode, message: &str) -> Bytes {
     let body = serde_json::json!({"type": "error", "code": code.as_str(), "message": message});
@@ -251,6 +292,12 @@ mod tests {
         assert_eq!(code(r#"{"channels":[]}"#, 10), "bad_request");
         assert_eq!(code(r#"{"op":"dance","channels":[]}"#, 10), "unknown_op");
         assert_eq!(code(r#"{"op":"subscribe"}"#, 10), "bad_request");
+        assert_eq!(
+            parse_client_message(br#"{"op":"auth","token":"a.b.c"}"#, 10),
+            Ok(ClientOp::Auth("a.b.c".into()))
+        );
+        assert_eq!(code(r#"{"op":"auth","token":5}"#, 10), "bad_request");
+        assert_eq!(code(r#"{"op":"auth"}"#, 10), "bad_request");
         assert_eq!(
             code(r#"{"op":"subscribe","channels":["a b"]}"#, 10),
             "bad_channel"

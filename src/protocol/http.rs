@@ -19,6 +19,8 @@ pub enum Request {
         accept: String,
         /// Bytes of the request head (the rest are frames).
         head_len: usize,
+        /// What the worker checks before answering 101.
+        meta: UpgradeMeta,
     },
     /// A valid WebSocket upgrade on `/echo`, the conformance endpoint: the
     /// worker serves it only when it is enabled (else 404).
@@ -32,6 +34,19 @@ pub enum Request {
     Respond(Response),
 }
 
+/// The parts of an upgrade request the access checks read.
+#[derive(Debug, PartialEq, Eq, Default, Clone)]
+pub struct UpgradeMeta {
+    /// `Authorization: Bearer <token>`, else the `token` query parameter.
+    pub token: Option<String>,
+    /// The `Origin` header (browsers send it).
+    pub origin: Option<String>,
+    /// The addresses a proxy recorded, nearest last (`Forwarded: for=`,
+    /// else `X-Forwarded-For`); trusted only when the peer is a trusted
+    /// proxy.
+    pub forwarded: Vec<std::net::IpAddr>,
+}
+
 /// Plain responses.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Response {
@@ -41,8 +56,14 @@ pub enum Response {
     Metrics,
     /// /readyz: the worker answers 200 serving or 503 starting/draining.
     Ready,
-    /// 503 with a one-line reason (the engine is draining).
+    /// 503 with a one-line reason (the engine is draining, a limit).
     Unavailable(&'static str),
+    /// 401 with a one-line reason (the token).
+    Unauthorized(&'static str),
+    /// 403 with a one-line reason (the origin).
+    Forbidden(&'static str),
+    /// 429 with a one-line reason and `Retry-After: 1`.
+    TooManyRequests(&'static str),
     /// 200 with the quote page.
     Index,
     /// 404.
@@ -86,8 +107,8 @@ pub fn parse(buf: &[u8]) -> Option<Request> {
         }
     };
     let method = req.method.unwrap_or("");
-    let path = req.path.unwrap_or("");
-    let path = path.split('?').next().unwrap_or(path);
+    let target = req.path.unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     if method != "GET" && method != "HEAD" {
         return Some(Request::Respond(Response::MethodNotAllowed));
     }
@@ -96,10 +117,12 @@ pub fn parse(buf: &[u8]) -> Option<Request> {
         "/ws" if method == "HEAD" => {
             Response::BadRequest("the WebSocket handshake is a GET request")
         }
-        "/ws" => return Some(upgrade(req.headers, head_len)),
+        "/ws" => return Some(upgrade(req.headers, query, head_len)),
         "/echo" if method == "GET" => {
-            return Some(match upgrade(req.headers, head_len) {
-                Request::Upgrade { accept, head_len } => Request::Echo { accept, head_len },
+            return Some(match upgrade(req.headers, query, head_len) {
+                Request::Upgrade {
+                    accept, head_len, ..
+                } => Request::Echo { accept, head_len },
                 other => other,
             });
         }
@@ -125,7 +148,82 @@ fn has_token(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-fn upgrade(headers: &[httparse::Header<'_>], head_len: usize) -> Request {
+/// The value of query parameter `name`, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?;
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Client addresses from `Forwarded` (RFC 7239) or `X-Forwarded-For`, in
+/// header order (the client first, the nearest proxy's peer last).
+/// Unparsable entries (`unknown`, obfuscated names) end the list there.
+fn forwarded_addrs(headers: &[httparse::Header<'_>]) -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    let parse = |s: &str| -> Option<std::net::IpAddr> {
+        let s = s.trim().trim_matches('"');
+        if let Some(rest) = s.strip_prefix('[') {
+            return rest.split(']').next()?.parse().ok();
+        }
+        if let Ok(ip) = s.parse() {
+            return Some(ip);
+        }
+        // v4 with a port.
+        s.rsplit_once(':')?.0.parse().ok()
+    };
+    if let Some(v) = header(headers, "Forwarded").and_then(|v| std::str::from_utf8(v).ok()) {
+        for element in v.split(',') {
+            let Some(for_) = element.split(';').find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                k.trim().eq_ignore_ascii_case("for").then_some(v)
+            }) else {
+                continue;
+            };
+            match parse(for_) {
+                Some(ip) => out.push(ip),
+                None => out.clear(),
+            }
+        }
+        return out;
+    }
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("X-Forwarded-For"))
+    {
+        let Ok(v) = std::str::from_utf8(h.value) else {
+            continue;
+        };
+        for part in v.split(',') {
+            match parse(part) {
+                Some(ip) => out.push(ip),
+                None => out.clear(),
+            }
+        }
+    }
+    out
+}
+
+fn upgrade(headers: &[httparse::Header<'_>], query: &str, head_len: usize) -> Request {
     let bad = |why| Request::Respond(Response::UpgradeRequired(why));
     match header(headers, "Upgrade") {
         Some(v) if has_token(v, "websocket") => {}
@@ -145,9 +243,25 @@ fn upgrade(headers: &[httparse::Header<'_>], head_len: usize) -> Request {
     if key.len() != 24 {
         return Request::Respond(Response::BadRequest("invalid Sec-WebSocket-Key"));
     }
+    let bearer = header(headers, "Authorization")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_string())
+        });
+    let meta = UpgradeMeta {
+        token: bearer.or_else(|| query_param(query, "token")),
+        origin: header(headers, "Origin")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(|v| v.trim().to_string()),
+        forwarded: forwarded_addrs(headers),
+    };
     Request::Upgrade {
         accept: tungstenite::handshake::derive_accept_key(key),
         head_len,
+        meta,
     }
 }
 
@@ -199,6 +313,27 @@ pub fn render(resp: Response, head_only: bool, pages: &Pages) -> Bytes {
             format!("{why}\n").as_bytes(),
             head_only,
         ),
+        Response::Unauthorized(why) => respond(
+            "401 Unauthorized",
+            TEXT,
+            format!("{why}\n").as_bytes(),
+            head_only,
+        ),
+        Response::Forbidden(why) => respond(
+            "403 Forbidden",
+            TEXT,
+            format!("{why}\n").as_bytes(),
+            head_only,
+        ),
+        Response::TooManyRequests(why) => {
+            let r = respond(
+                "429 Too Many Requests",
+                TEXT,
+                format!("{why}\n").as_bytes(),
+                head_only,
+            );
+            with_header(r, "Retry-After: 1\r\n")
+        }
         Response::Index => respond(
             "200 OK",
             "text/html; charset=utf-8",
@@ -251,14 +386,19 @@ pub fn is_reject(resp: Response) -> bool {
 /// line: tells clients which protocol `/ws` speaks (RFC 6455 4.2.2, RFC 9110
 /// 15.5.22).
 fn with_version_header(r: Bytes) -> Bytes {
+    with_header(r, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n")
+}
+
+/// Inserts header lines (each ending in CRLF) after the status line.
+fn with_header(r: Bytes, lines: &str) -> Bytes {
     let at = r
         .windows(2)
         .position(|w| w == b"\r\n")
         .expect("a status line")
         + 2;
-    let mut out = Vec::with_capacity(r.len() + 48);
+    let mut out = Vec::with_capacity(r.len() + lines.len());
     out.extend_from_slice(&r[..at]);
-    out.extend_from_slice(b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
+    out.extend_from_slice(lines.as_bytes());
     out.extend_from_slice(&r[at..]);
     Bytes::from(out)
 }
@@ -277,7 +417,9 @@ mod tests {
     #[test]
     fn upgrade_accept_key_matches_rfc_example() {
         match parse(UPGRADE) {
-            Some(Request::Upgrade { accept, head_len }) => {
+            Some(Request::Upgrade {
+                accept, head_len, ..
+            }) => {
                 assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
                 assert_eq!(head_len, UPGRADE.len());
             }

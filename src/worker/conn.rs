@@ -3,6 +3,8 @@
 //! subscriptions. The worker's parts act on it; it holds no logic of the
 //! event loop itself.
 
+use crate::auth::ConnAuth;
+use crate::limits::MessageBucket;
 use crate::protocol::ws::Reassembly;
 use crate::ring::ConnKey;
 use crate::transport::Transport;
@@ -64,6 +66,20 @@ impl PartialInput {
     }
 }
 
+/// Access state of an upgraded connection: the address it counts against,
+/// who it is, and its message allowance. Boxed: only WebSocket connections
+/// under some limit or authentication carry one.
+#[derive(Debug, Default)]
+pub struct Guard {
+    /// The client address admitted to the per-address table (released at
+    /// close).
+    pub ip: Option<std::net::IpAddr>,
+    /// Authentication.
+    pub auth: ConnAuth,
+    /// Messages per second.
+    pub bucket: MessageBucket,
+}
+
 /// One connection. Kept small: an idle connection costs its socket, this
 /// struct and its slab slot; buffers are allocated only while they hold
 /// something.
@@ -85,8 +101,9 @@ pub struct Conn {
     pub last_rx_ms: u64,
     /// Last ping sent (ms).
     pub last_ping_ms: u64,
-    /// Since when the socket has taken no bytes while frames wait (ms).
-    pub stalled_since_ms: Option<u64>,
+    /// Since when the socket has taken no bytes while frames wait (ms;
+    /// non-zero so the option costs no tag).
+    pub stalled_since_ms: Option<std::num::NonZeroU64>,
     /// In the worker's dirty list this turn.
     pub dirty: bool,
     /// The socket returned WouldBlock: wait for a writable event.
@@ -98,6 +115,8 @@ pub struct Conn {
     pub read_paused: bool,
     /// On the conformance echo endpoint: messages are echoed, not requests.
     pub echo: bool,
+    /// Limits and authentication, from the upgrade on.
+    pub guard: Option<Box<Guard>>,
 }
 
 impl Conn {
@@ -118,6 +137,7 @@ impl Conn {
             read_pending: false,
             read_paused: false,
             echo: false,
+            guard: None,
         }
     }
 
@@ -130,6 +150,12 @@ impl Conn {
         } else {
             self.out.push_control(frame);
         }
+    }
+
+    /// Authentication state (`Off` without a guard).
+    pub fn auth(&self) -> &ConnAuth {
+        const OFF: ConnAuth = ConnAuth::Off;
+        self.guard.as_ref().map_or(&OFF, |g| &g.auth)
     }
 
     /// A subscribe answer went out: queue the local replies that waited for it.

@@ -14,6 +14,7 @@ use crate::protocol::ws::{self, Violation, WsEvent};
 use crate::worker::Worker;
 use crate::worker::conflate::Entry;
 use crate::worker::conn::{Conn, PartialInput, Phase};
+use crate::worker::guard;
 use crate::worker::timers;
 
 /// Read buffer shared by all connections of a worker: one socket read's worth.
@@ -125,6 +126,8 @@ impl Worker {
             link,
             id,
             lifecycle,
+            ips,
+            metrics,
             ..
         } = self;
         let conn = &mut conns[slot as usize];
@@ -139,6 +142,12 @@ impl Worker {
                 Some(Request::Upgrade { .. }) if lifecycle.is_draining() => Some(Request::Respond(
                     http::Response::Unavailable("server draining: reconnect later"),
                 )),
+                // The admin port serves it instead.
+                Some(Request::Respond(http::Response::Metrics))
+                    if config.admin_listen.is_some() =>
+                {
+                    Some(Request::Respond(http::Response::NotFound))
+                }
                 Some(Request::Respond(http::Response::Ready)) if !lifecycle.is_ready() => {
                     Some(Request::Respond(http::Response::Unavailable(
                         "not ready: starting or draining",
@@ -166,7 +175,23 @@ impl Worker {
                     dirty.mark(conn, slot);
                     return data.len();
                 }
-                Some(Request::Upgrade { accept, head_len }) => {
+                Some(Request::Upgrade {
+                    accept,
+                    head_len,
+                    meta,
+                }) => {
+                    match guard::check_upgrade(conn, &meta, config, ips, &metrics.refusals, *now_ms)
+                    {
+                        Ok(g) => conn.guard = g,
+                        Err(resp) => {
+                            stats.counters.http_requests += 1;
+                            let bytes = http::render(resp, false, pages);
+                            conn.out.push_control(Entry::control(bytes));
+                            timers::enter_closing(conn, index, link, *now_ms);
+                            dirty.mark(conn, slot);
+                            return data.len();
+                        }
+                    }
                     conn.out
                         .push_control(Entry::control(http::switching_protocols(&accept)));
                     conn.phase = Phase::Open;

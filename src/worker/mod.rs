@@ -18,6 +18,7 @@ pub mod coalesce;
 pub mod conflate;
 pub mod conn;
 pub mod fanout;
+pub mod guard;
 pub mod input;
 pub mod link;
 pub mod output;
@@ -91,6 +92,8 @@ pub struct WorkerParts {
     pub config: Arc<Config>,
     /// Open connections across all workers (for `max_connections`).
     pub open_connections: Arc<AtomicUsize>,
+    /// Connections per client address, shared by the workers.
+    pub ips: Arc<crate::limits::IpTable>,
     /// The page served at `/`.
     pub index_html: Bytes,
     /// Readiness and the drain window.
@@ -135,6 +138,7 @@ pub struct Worker {
     shutdown: Arc<AtomicBool>,
     state: RunState,
     open_connections: Arc<AtomicUsize>,
+    ips: Arc<crate::limits::IpTable>,
     next_generation: u32,
     now_ms: u64,
     epoch: Instant,
@@ -185,6 +189,7 @@ impl Worker {
             shutdown: p.shutdown,
             state: RunState::Serving,
             open_connections: p.open_connections,
+            ips: p.ips,
             next_generation: 0,
             now_ms: 0,
             epoch: clock::epoch(),

@@ -118,7 +118,7 @@ pub fn write_out(
                 conn.out.start_conflating();
             }
             if n > 0 || conn.stalled_since_ms.is_none() {
-                conn.stalled_since_ms = Some(now_ms);
+                conn.stalled_since_ms = std::num::NonZeroU64::new(now_ms.max(1));
             }
             Ok(Flushed::Blocked)
         }

@@ -8,12 +8,25 @@ use crate::ring::SubscribeReply;
 use crate::worker::Worker;
 use crate::worker::conflate::{Entry, EntryRef, Pushed};
 use crate::worker::conn::Phase;
+use crate::worker::guard::Admission;
 use crate::worker::subscriptions::Sub;
 
 impl Worker {
     /// Acts on one client text message.
     pub(crate) fn client_message(&mut self, slot: u32, text: &[u8]) {
         let max = self.config.max_channels_per_connection;
+        let parsed = client::parse_client_message(text, max);
+        let is_auth = matches!(parsed, Ok(ClientOp::Auth(_)));
+        if let Admission::Stop = self.admit_message(slot, is_auth) {
+            return;
+        }
+        let parsed = match parsed {
+            Ok(ClientOp::Auth(token)) => {
+                self.authenticate(slot, &token);
+                return;
+            }
+            other => other,
+        };
         let Worker {
             conns,
             index,
@@ -22,8 +35,28 @@ impl Worker {
             ..
         } = self;
         let conn = &mut conns[slot as usize];
-        match client::parse_client_message(text, max) {
-            Ok(ClientOp::Subscribe(names)) => {
+        match parsed {
+            // Answered above.
+            Ok(ClientOp::Auth(_)) => {}
+            Ok(ClientOp::Subscribe(mut names)) => {
+                let forbidden: Vec<Box<str>> = names
+                    .iter()
+                    .filter(|n| !conn.auth().allows(n))
+                    .cloned()
+                    .collect();
+                if !forbidden.is_empty() {
+                    // The rest of the request is applied.
+                    names.retain(|n| conn.auth().allows(n));
+                    stats.counters.client_errors += 1;
+                    let msg = format!("not allowed by the token: {}", forbidden.join(","));
+                    conn.reply(Entry::control(client::error_frame(
+                        ErrorCode::Forbidden,
+                        &msg,
+                    )));
+                    if names.is_empty() {
+                        return;
+                    }
+                }
                 let new = names.iter().filter(|n| !conn.subs.contains(n)).count();
                 if conn.subs.len() + new > max {
                     stats.counters.client_errors += 1;
@@ -94,6 +127,7 @@ impl Worker {
         let conn = &mut conns[slot as usize];
         let mut returned: Vec<ChannelId> = Vec::new();
         let mut refused: Vec<Box<str>> = Vec::new();
+        let mut forbidden: Vec<Box<str>> = Vec::new();
         let mut acked: Vec<Box<str>> = Vec::with_capacity(reply.names.len());
         let mut snapshots: Vec<EntryRef> = Vec::new();
         for (name, resolved) in reply.names.into_iter().zip(reply.channels) {
@@ -109,6 +143,13 @@ impl Worker {
                     returned.extend(resolved.map(|(id, _)| id));
                     continue;
                 }
+            }
+            if !conn.auth().allows(&name) {
+                // Permissions changed while the request was in flight.
+                conn.subs.remove(&name);
+                returned.extend(resolved.map(|(id, _)| id));
+                forbidden.push(name);
+                continue;
             }
             let Some((id, snapshot)) = resolved else {
                 conn.subs.remove(&name);
@@ -133,7 +174,15 @@ impl Worker {
             )));
             stats.counters.client_errors += 1;
         }
-        if !acked.is_empty() || refused.is_empty() {
+        if !forbidden.is_empty() {
+            let msg = format!("not allowed by the token: {}", forbidden.join(","));
+            conn.out.push_control(Entry::control(client::error_frame(
+                ErrorCode::Forbidden,
+                &msg,
+            )));
+            stats.counters.client_errors += 1;
+        }
+        if !acked.is_empty() || (refused.is_empty() && forbidden.is_empty()) {
             conn.out
                 .push_control(Entry::control(client::ack_frame(Ack::Subscribed, &acked)));
         }

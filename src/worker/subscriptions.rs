@@ -116,6 +116,15 @@ impl<R> Subscriptions<R> {
         })
     }
 
+    /// The names (pending or active) that fail `keep`.
+    pub fn names_failing(&self, keep: impl Fn(&str) -> bool) -> Vec<Box<str>> {
+        self.by_name
+            .iter()
+            .filter(|(n, _)| !keep(n))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     /// A subscribe request goes to the ingest thread.
     pub fn request_sent(&mut self) {
         let f = self.in_flight.get_or_insert_with(|| {

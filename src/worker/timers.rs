@@ -10,6 +10,7 @@ use crate::worker::accept::AcceptState;
 use crate::worker::conflate::Entry;
 use crate::worker::conn::{Conn, Phase};
 use crate::worker::fanout::SubscriberIndex;
+use crate::worker::guard;
 use crate::worker::input;
 use crate::worker::link::IngestLink;
 
@@ -83,6 +84,8 @@ impl Worker {
         let slow_ms = self.config.slow_consumer_timeout.as_millis() as u64;
         let draining = matches!(self.state, super::RunState::Draining { .. });
         let mut to_close: Vec<u32> = Vec::new();
+        let unix_s = crate::auth::unix_now();
+        let lead_s = self.config.token_refresh_lead.as_secs();
         let Worker {
             conns,
             index,
@@ -90,6 +93,7 @@ impl Worker {
             dirty,
             stats,
             ping,
+            metrics,
             ..
         } = self;
         for (slot, conn) in conns.iter_mut() {
@@ -112,9 +116,26 @@ impl Worker {
                     }
                 }
                 Phase::Open => {
+                    if conn.guard.is_some() {
+                        let ctx = guard::AuthTimerCtx {
+                            now_ms: now,
+                            unix_s,
+                            lead_s,
+                            index,
+                            link,
+                            refusals: &metrics.refusals,
+                        };
+                        if Worker::auth_timers(conn, ctx) {
+                            conn.write_blocked = false;
+                            dirty.mark(conn, slot);
+                            if conn.phase != Phase::Open {
+                                continue;
+                            }
+                        }
+                    }
                     if conn
                         .stalled_since_ms
-                        .is_some_and(|t| now.saturating_sub(t) >= slow_ms)
+                        .is_some_and(|t| now.saturating_sub(t.get()) >= slow_ms)
                     {
                         stats.counters.slow_consumer_closes += 1;
                         let reason = format!(
@@ -242,6 +263,9 @@ impl Worker {
         };
         if conn.transport.tls_handshake_failed() {
             self.stats.counters.tls_handshake_failures += 1;
+        }
+        if let Some(ip) = conn.guard.as_ref().and_then(|g| g.ip) {
+            self.ips.release(ip, self.now_ms);
         }
         unsubscribe_all(&mut conn, &mut self.index, &mut self.link);
         let _ = self.poll.registry().deregister(&mut conn.transport);

@@ -18,6 +18,8 @@ pub struct Server {
     pub child: Child,
     pub listen: SocketAddr,
     pub ingest: SocketAddr,
+    /// The admin port, when `--admin-listen` is given.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Server {
@@ -453,12 +455,17 @@ impl Server {
                 .unwrap()
         };
         let (listen, ingest) = (field("listen="), field("ingest="));
+        let admin = ready
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix("admin="))
+            .map(|a| a.parse().unwrap());
         // Keep draining stdout so the engine never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Server {
             child,
             listen,
             ingest,
+            admin,
         }
     }
 
