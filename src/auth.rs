@@ -507,6 +507,67 @@ mod tests {
         assert!(bad.unwrap_err().to_string().starts_with("k.pem: "));
     }
 
+    fn b64url(data: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in data.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn auth_jwks_picks_the_key_its_kid_names() {
+        let k1 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let k2 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let jwk = |kid: &str, k: &rcgen::KeyPair| {
+            let raw = k.public_key_raw();
+            assert_eq!((raw.len(), raw[0]), (65, 4), "uncompressed P-256 point");
+            serde_json::json!({"kty":"EC","crv":"P-256","kid":kid,
+                "x": b64url(&raw[1..33]), "y": b64url(&raw[33..])})
+        };
+        let doc = serde_json::json!({"keys":[jwk("one", &k1), jwk("two", &k2)]});
+        let v = Verifier::new(
+            &KeySource::Jwks(doc.to_string().into_bytes()),
+            "keys.json",
+            None,
+            None,
+            0,
+        )
+        .unwrap();
+        let sign = |kid: Option<&str>, k: &rcgen::KeyPair| {
+            let mut h = Header::new(Algorithm::ES256);
+            h.kid = kid.map(str::to_string);
+            let enc = EncodingKey::from_ec_pem(k.serialize_pem().as_bytes()).unwrap();
+            encode(&h, &serde_json::json!({"sub":"u","exp":NOW+5}), &enc).unwrap()
+        };
+        assert!(v.verify(&sign(Some("two"), &k2), NOW).is_ok());
+        assert!(v.verify(&sign(Some("one"), &k1), NOW).is_ok());
+        assert_eq!(
+            v.verify(&sign(Some("one"), &k2), NOW),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            v.verify(&sign(Some("three"), &k1), NOW),
+            Err(AuthError::UnknownKid)
+        );
+        assert_eq!(v.verify(&sign(None, &k1), NOW), Err(AuthError::UnknownKid));
+        let empty = Verifier::new(
+            &KeySource::Jwks(b"{\"keys\":[]}".to_vec()),
+            "k",
+            None,
+            None,
+            0,
+        );
+        assert!(empty.is_err());
+    }
+
     #[test]
     fn auth_permissions_exact_prefix_and_sub() {
         let p = Permissions::compile(

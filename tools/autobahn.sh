@@ -33,7 +33,7 @@ trap stop EXIT
 # Starts the engine with the echo endpoint on an ephemeral port; sets $url.
 start() {
   local log=$out/engine.log
-  "$bin" --listen 127.0.0.1:0 --ingest 127.0.0.1:0 --conformance-echo "$@" >"$log" 2>&1 &
+  "$bin" --listen 127.0.0.1:0 --ingest 127.0.0.1:0 --conformance-echo --new-connections-per-ip-per-second 0 "$@" >"$log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do
     if grep -q "tickwire ready" "$log"; then

@@ -490,6 +490,51 @@ mod tests {
     }
 
     #[test]
+    fn upgrade_meta_token_origin_and_forwarded() {
+        let with = |target: &str, extra: &str| {
+            let req = format!(
+                "GET {target} HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+            );
+            match parse(req.as_bytes()) {
+                Some(Request::Upgrade { meta, .. }) => meta,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(with("/ws", "").token, None);
+        assert_eq!(
+            with("/ws?x=1&token=a.b%2Dc&y", "").token.as_deref(),
+            Some("a.b-c")
+        );
+        assert_eq!(with("/ws?token=%zz", "").token.as_deref(), Some("%zz"));
+        assert_eq!(with("/ws?token=%4", "").token.as_deref(), Some("%4"));
+        // The header wins over the query.
+        let m = with(
+            "/ws?token=q",
+            "Authorization: bearer  h.t.x \r\nOrigin: https://a.b\r\n",
+        );
+        assert_eq!(m.token.as_deref(), Some("h.t.x"));
+        assert_eq!(m.origin.as_deref(), Some("https://a.b"));
+        assert_eq!(with("/ws", "Authorization: Basic abc\r\n").token, None);
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let m = with(
+            "/ws",
+            "X-Forwarded-For: 1.2.3.4, 10.0.0.1\r\nX-Forwarded-For: ::1\r\n",
+        );
+        assert_eq!(m.forwarded, vec![ip("1.2.3.4"), ip("10.0.0.1"), ip("::1")]);
+        let m = with(
+            "/ws",
+            "Forwarded: for=192.0.2.60;proto=http, for=\"[2001:db8::1]:4711\", for=1.1.1.1:80\r\nX-Forwarded-For: 9.9.9.9\r\n",
+        );
+        assert_eq!(
+            m.forwarded,
+            vec![ip("192.0.2.60"), ip("2001:db8::1"), ip("1.1.1.1")]
+        );
+        // An entry that is not an address cuts off what is left of it.
+        let m = with("/ws", "X-Forwarded-For: 1.1.1.1, unknown, 2.2.2.2\r\n");
+        assert_eq!(m.forwarded, vec![ip("2.2.2.2")]);
+    }
+
+    #[test]
     fn a_plain_get_of_ws_is_426_and_a_bad_version_400_both_naming_version_13() {
         let pages = Pages {
             index: Bytes::from_static(b"<html></html>"),
