@@ -53,7 +53,12 @@ fn bystander_served(srv: &Server, feed: &mut Feed, client: &mut Client, ch: &str
 /// `ch`, and a client with a 4 KiB receive buffer that sends `frame` for 3 s
 /// without reading. Returns them with the bytes flooded and the RSS growth.
 fn flood_beside(frame: &[u8], ch: &str) -> (Server, Feed, Client, RawWs, usize, u64) {
-    let srv = Server::start(&["--workers", "1", "--outbound-budget", "64KiB"]);
+    let srv = Server::start(&common::one_host(&[
+        "--workers",
+        "1",
+        "--outbound-budget",
+        "64KiB",
+    ]));
     let feed = Feed::connect(srv.ingest);
     let mut other = Client::connect(srv.listen);
     other.subscribe(&[ch]);

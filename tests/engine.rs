@@ -327,7 +327,7 @@ fn http_endpoints() {
 
 #[test]
 fn a_thousand_clients_each_receive_every_tick_of_their_channel_in_order() {
-    let srv = Server::start(&[]);
+    let srv = Server::start(&common::ONE_HOST);
     let clients = 1000;
     let channels = ["C0", "C1", "C2", "C3"];
     let ticks_per_channel = 200u64;

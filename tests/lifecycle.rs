@@ -295,7 +295,7 @@ fn client_with_unread_input(extra: &[&str]) -> (Server, Feed, RawWs, u64) {
         "0",
     ];
     args.extend_from_slice(extra);
-    let srv = Server::start(&args);
+    let srv = Server::start(&common::one_host(&args));
     let mut feed = new_feed(srv.ingest);
     let mut ws = RawWs::connect_with_rcvbuf(srv.listen, 4096);
     let mut names = vec!["S".to_string()];
@@ -475,7 +475,12 @@ fn slow_consumer_close_reaches_a_client_with_unread_input() {
 #[test]
 fn too_many_requests_close_reaches_a_client_that_keeps_writing() {
     let _turn = one_at_a_time();
-    let srv = Server::start(&["--workers", "1", "--outbound-budget", "64KiB"]);
+    let srv = Server::start(&common::one_host(&[
+        "--workers",
+        "1",
+        "--outbound-budget",
+        "64KiB",
+    ]));
     let mut feed = new_feed(srv.ingest);
     let mut ws = RawWs::connect_with_rcvbuf(srv.listen, 4096);
     subscribe_raw(&mut ws, &["S".to_string()]);
@@ -599,14 +604,14 @@ fn nine_thousand_subscribers_closing_at_once_leave_the_engine_responsive() {
     let _turn = one_at_a_time();
     // No pings: connecting 9,000 clients in a debug build on loaded cores
     // can take longer than the default ping interval.
-    let srv = Server::start(&[
+    let srv = Server::start(&common::one_host(&[
         "--workers",
         "1",
         "--ping-interval",
         "120s",
         "--idle-timeout",
         "300s",
-    ]);
+    ]));
     let mut feed = new_feed(srv.ingest);
     let groups = mass_subscribers(&srv, &mut feed, "M");
 
@@ -648,7 +653,7 @@ fn nine_thousand_subscribers_closing_at_once_leave_the_engine_responsive() {
 #[test]
 fn sigterm_with_nine_thousand_subscribers_exits_in_time_after_closing_each() {
     let _turn = one_at_a_time();
-    let mut srv = Server::start(&[
+    let mut srv = Server::start(&common::one_host(&[
         // SIGTERM without a drain: the immediate 1001 path.
         "--drain-timeout",
         "0",
@@ -658,7 +663,7 @@ fn sigterm_with_nine_thousand_subscribers_exits_in_time_after_closing_each() {
         "120s",
         "--idle-timeout",
         "300s",
-    ]);
+    ]));
     let mut feed = new_feed(srv.ingest);
     let mut groups = mass_subscribers(&srv, &mut feed, "M");
 
@@ -737,7 +742,7 @@ fn metrics_scraping_while_delivering_latency_measurement() {
     const CLIENTS: usize = 200;
     const PER_MS: u64 = 2; // 2,000 ticks/s
     const SECONDS: u64 = 13; // the first is warm-up
-    let srv = Server::start(&[]);
+    let srv = Server::start(&common::ONE_HOST);
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(Barrier::new(CLIENTS + 1));

@@ -15,7 +15,11 @@ use crate::worker::subscriptions::Subscriptions;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// Reading the HTTP request head.
-    Handshake,
+    Handshake {
+        /// When the connection was accepted (ms): the deadline counts from
+        /// here, not from the last byte, so trickling bytes cannot hold it.
+        since_ms: u64,
+    },
     /// WebSocket open.
     Open,
     /// An HTTP response is being rendered off the worker (the metrics
@@ -125,7 +129,7 @@ impl Conn {
         Conn {
             transport,
             key,
-            phase: Phase::Handshake,
+            phase: Phase::Handshake { since_ms: now_ms },
             out: OutQueue::default(),
             input: None,
             subs: Subscriptions::default(),

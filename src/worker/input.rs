@@ -136,7 +136,7 @@ impl Worker {
             Some(p) => (&mut p.bytes[..], Some(&mut p.message)),
         };
         let mut used = 0;
-        if conn.phase == Phase::Handshake {
+        if matches!(conn.phase, Phase::Handshake { .. }) {
             let parsed = match http::parse(data) {
                 // New clients during a drain would only be cut again.
                 Some(Request::Upgrade { .. }) if lifecycle.is_draining() => Some(Request::Respond(

@@ -13,6 +13,23 @@ use tungstenite::WebSocket;
 use tungstenite::protocol::{CloseFrame, Message};
 use tungstenite::stream::MaybeTlsStream;
 
+/// The per-address abuse limits off: every test client comes from
+/// 127.0.0.1, so tests of many clients or message floods run with these
+/// (the limits have tests of their own).
+pub const ONE_HOST: [&str; 6] = [
+    "--max-connections-per-ip",
+    "0",
+    "--new-connections-per-ip-per-second",
+    "0",
+    "--client-messages-per-second",
+    "0",
+];
+
+/// `extra` and [`ONE_HOST`].
+pub fn one_host<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    [extra, &ONE_HOST[..]].concat()
+}
+
 /// A running engine process; killed on drop unless stopped.
 pub struct Server {
     pub child: Child,
