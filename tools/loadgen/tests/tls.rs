@@ -1,7 +1,7 @@
 //! loadgen over wss:// against an in-test rustls server with a certificate
 //! made here: bursts larger than loadgen's read buffer and frames spanning
-//! several TLS records all arrive, and a server the CA does not vouch for is
-//! refused.
+//! several TLS records all arrive, slow clients keep their rate, and a server
+//! the CA does not vouch for is refused.
 
 mod common;
 
@@ -158,4 +158,46 @@ fn wss_refuses_a_server_the_ca_does_not_vouch_for() {
     assert_eq!(v["connect_failures"], 2);
     let e = v["first_error"].as_str().unwrap_or_default();
     assert!(e.contains("certificate"), "{e}");
+}
+
+#[test]
+fn wss_slow_clients_read_at_their_rate() {
+    let p = pki("slow");
+    let port = serve(p.server.clone(), Arc::new(AtomicU64::new(0)));
+    let url = format!("wss://127.0.0.1:{port}/ws");
+    let (v, out) = loadgen(&[
+        "--url",
+        &url,
+        "--tls-ca",
+        p.ca.to_str().unwrap(),
+        "--connections",
+        "4",
+        "--channels",
+        "A",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--slow-fraction",
+        "0.5",
+        "--slow-rate",
+        "50",
+        "--json",
+    ]);
+    let _ = std::fs::remove_dir_all(&p.dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(v["slow"]["clients"], 2);
+    // Decrypted data held back for a slow client is still read later, at its rate.
+    let slow_deliv = v["slow"]["deliveries"].as_u64().unwrap();
+    assert!((10..=160).contains(&slow_deliv), "{v}");
+    assert_eq!(v["slow"]["skipped"], 0);
+    assert_eq!(v["gaps"], 0);
+    assert_eq!(
+        v["deliveries"].as_u64().unwrap(),
+        2 * (BURST + 1) + slow_deliv
+    );
 }
