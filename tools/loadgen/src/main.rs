@@ -11,6 +11,7 @@
 //!         --slow-fraction 0.1 --slow-rate 50 --hgrm fast.hgrm --hgrm-slow slow.hgrm
 //! loadgen --url ws://127.0.0.1:8080 --protocol nats --connections 100 --channels S0000
 //! loadgen ... --connections 40000 --processes 3 --source-ips 127.0.0.1,127.0.0.2
+//! loadgen --url wss://127.0.0.1:9443/ws --tls-ca cert.pem --connections 1000 --channels AAPL
 //! ```
 //!
 //! Every update must carry `"t"` (intended send time, realtime ns; feedsim
@@ -26,6 +27,7 @@
 mod nats;
 mod scan;
 mod stats;
+mod stream;
 mod worker;
 mod ws;
 mod zipf;
@@ -66,9 +68,13 @@ enum ProtocolArg {
     about = "WebSocket fanout load generator (tickwire protocol or NATS over WebSocket)"
 )]
 struct Cli {
-    /// Server URL, e.g. ws://127.0.0.1:9000/ws (NATS: ws://HOST:PORT).
+    /// Server URL, e.g. ws://127.0.0.1:9000/ws (NATS: ws://HOST:PORT);
+    /// wss:// for WebSocket over TLS (needs --tls-ca).
     #[arg(long)]
     url: String,
+    /// PEM file of the certificates to trust for a wss:// URL.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
     /// Number of client connections.
     #[arg(long, default_value_t = 1)]
     connections: usize,
@@ -135,7 +141,7 @@ struct Cli {
     /// Write the slow clients' latency distribution (.hgrm, microseconds).
     #[arg(long)]
     hgrm_slow: Option<PathBuf>,
-    /// Seconds allowed for TCP connect + upgrade per connection.
+    /// Seconds allowed for TCP connect + TLS handshake + upgrade per connection.
     #[arg(long, default_value_t = 10.0)]
     handshake_timeout: f64,
     /// Internal: global index of this process's first connection.
@@ -265,7 +271,13 @@ fn validate(cli: &Cli) -> Result<()> {
     if cli.processes == 0 {
         bail!("--processes must be at least 1");
     }
-    ws::parse_url(&cli.url)?;
+    let url = ws::parse_url(&cli.url)?;
+    if url.tls && cli.tls_ca.is_none() {
+        bail!("a wss:// URL needs --tls-ca FILE (PEM) to verify the server");
+    }
+    if !url.tls && cli.tls_ca.is_some() {
+        bail!("--tls-ca is for wss:// URLs only");
+    }
     if pattern(cli) == Pattern::Zipf && cli.universe == 0 {
         bail!("--universe must be at least 1");
     }
@@ -360,6 +372,10 @@ fn run_local(cli: &Cli) -> Result<(Report, Histogram<u64>, Histogram<u64>)> {
         slow_mode,
         slow_rcvbuf: cli.slow_rcvbuf,
         handshake_timeout: Duration::from_secs_f64(cli.handshake_timeout),
+        tls: match &cli.tls_ca {
+            Some(ca) if url.tls => Some(stream::TlsClient::new(ca, &url.host)?),
+            _ => None,
+        },
     });
     let zipf = (pattern(cli) == Pattern::Zipf).then(|| zipf::Zipf::new(cli.universe, cli.zipf_s));
     let mut per_thread: Vec<Vec<ConnSpec>> = (0..threads).map(|_| Vec::new()).collect();
@@ -918,5 +934,13 @@ mod tests {
         assert!(validate(&cli).is_ok());
         let cli = Cli::parse_from(["loadgen", "--url", "ws://x:1/ws", "--channels", "bad name"]);
         assert!(validate(&cli).is_err());
+        let tls = |args: &[&str]| {
+            let mut v = vec!["loadgen", "--channels", "A"];
+            v.extend_from_slice(args);
+            validate(&Cli::parse_from(v))
+        };
+        assert!(tls(&["--url", "wss://x:1/ws"]).is_err());
+        assert!(tls(&["--url", "ws://x:1/ws", "--tls-ca", "ca.pem"]).is_err());
+        assert!(tls(&["--url", "wss://x:1/ws", "--tls-ca", "ca.pem"]).is_ok());
     }
 }

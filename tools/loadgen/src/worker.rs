@@ -1,11 +1,12 @@
 //! One load-generating thread: its own mio `Poll` (edge-triggered) driving a
-//! share of the client connections through connect → HTTP upgrade →
+//! share of the client connections through connect → (TLS) → HTTP upgrade →
 //! subscribe → receive, with slow-consumer emulation and local statistics
 //! that are published to the main thread for progress and the final report.
 
 use crate::nats::{self, NatsEvent, NatsParser};
 use crate::scan::{self, FrameType};
 use crate::stats::{self, Counters, SeqOutcome};
+use crate::stream::{Stream, TlsClient};
 use crate::ws::{self, Event, FrameParser};
 use crate::zipf::Rng;
 use base64::Engine;
@@ -46,6 +47,8 @@ pub struct Config {
     /// SO_RCVBUF for slow clients (0 = kernel default).
     pub slow_rcvbuf: usize,
     pub handshake_timeout: Duration,
+    /// Set for wss:// URLs.
+    pub tls: Option<TlsClient>,
 }
 
 /// One client to open.
@@ -157,7 +160,7 @@ struct Session {
 }
 
 struct Conn {
-    sock: TcpStream,
+    sock: Stream,
     state: State,
     spec: usize,
     started: Instant,
@@ -278,7 +281,8 @@ fn run_inner(
             {
                 let i = next_spec;
                 next_spec += 1;
-                match open_socket(cfg, &specs[i]) {
+                match open_socket(cfg, &specs[i]).and_then(|tcp| Stream::new(tcp, cfg.tls.as_ref()))
+                {
                     Ok(mut sock) => {
                         poll.registry().register(
                             &mut sock,
@@ -484,8 +488,15 @@ fn drive(
 ) -> bool {
     match drive_inner(conn, cx, scratch, subscribe_msgs, writable) {
         Ok(true) => true,
-        Ok(false) | Err(_) if conn.state != State::Open => {
+        Ok(false) if conn.state != State::Open => {
             cx.c.connect_failures += 1;
+            false
+        }
+        // Say why (a refused upgrade, a certificate that does not verify).
+        Err(e) if conn.state != State::Open => {
+            cx.c.connect_failures += 1;
+            cx.shared
+                .note_error(|| format!("{}: handshake failed: {e}", cx.cfg.addr));
             false
         }
         Ok(false) => {
@@ -533,7 +544,7 @@ fn drive_inner(
             .extend(ws::upgrade_request(&cx.cfg.host, &cx.cfg.path, &key));
         conn.state = State::Handshake;
     }
-    if (writable || !conn.sess.wbuf.is_empty()) && !flush(conn)? {
+    if (writable || !conn.sess.wbuf.is_empty() || conn.sock.has_pending()) && !flush(conn)? {
         return Ok(false);
     }
 
@@ -624,7 +635,7 @@ fn drive_inner(
         if conn.sess.slow {
             conn.tokens -= (cx.c.deliveries - delivered_before) as f64;
         }
-        if !conn.sess.wbuf.is_empty() && !flush(conn)? {
+        if (!conn.sess.wbuf.is_empty() || conn.sock.has_pending()) && !flush(conn)? {
             return Ok(false);
         }
         if conn.sess.closing.is_some() {
@@ -655,7 +666,11 @@ fn flush(conn: &mut Conn) -> io::Result<bool> {
         }
     }
     conn.sess.wbuf.drain(..off);
-    Ok(true)
+    match conn.sock.flush_pending() {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(true),
+        Err(e) => Err(e),
+    }
 }
 
 /// Parses WebSocket frames from `data`; returns bytes consumed.

@@ -197,17 +197,25 @@ pub fn parse_upgrade_response(buf: &[u8]) -> Result<Option<usize>> {
     Ok(Some(end + 4))
 }
 
-/// Parsed `ws://host:port/path` URL.
+/// Parsed `ws://` or `wss://` `host:port/path` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsUrl {
     /// `host:port` as written (used for the Host header and for resolving).
     pub authority: String,
+    /// The host alone (the name a TLS certificate must match).
+    pub host: String,
     pub path: String,
+    /// `wss://`: WebSocket over TLS.
+    pub tls: bool,
 }
 
 pub fn parse_url(url: &str) -> Result<WsUrl> {
-    let Some(rest) = url.strip_prefix("ws://") else {
-        bail!("only ws:// URLs are supported, got {url:?}");
+    let (rest, tls) = if let Some(r) = url.strip_prefix("ws://") {
+        (r, false)
+    } else if let Some(r) = url.strip_prefix("wss://") {
+        (r, true)
+    } else {
+        bail!("only ws:// and wss:// URLs are supported, got {url:?}");
     };
     let (auth, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -216,18 +224,19 @@ pub fn parse_url(url: &str) -> Result<WsUrl> {
     if auth.is_empty() {
         bail!("URL {url:?} has no host");
     }
-    // Port 80 is the ws:// default.
-    let authority = if auth
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        auth.to_string()
-    } else {
-        format!("{auth}:80")
+    let (host, authority) = match auth.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_string(), auth.to_string()),
+        // The scheme's default port.
+        _ => (
+            auth.to_string(),
+            format!("{auth}:{}", if tls { 443 } else { 80 }),
+        ),
     };
     Ok(WsUrl {
         authority,
+        host,
         path: path.to_string(),
+        tls,
     })
 }
 
@@ -381,5 +390,12 @@ mod tests {
             "localhost:80"
         );
         assert!(parse_url("http://x").is_err());
+        let u = parse_url("wss://127.0.0.1:9443/ws").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.host, "127.0.0.1");
+        assert_eq!(u.authority, "127.0.0.1:9443");
+        assert!(!parse_url("ws://x:1").unwrap().tls);
+        assert_eq!(parse_url("wss://x").unwrap().authority, "x:443");
+        assert_eq!(parse_url("wss://[::1]:9/").unwrap().host, "[::1]");
     }
 }
