@@ -16,7 +16,7 @@ pub use sequencer::{Sequencer, accept_line};
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -37,6 +37,12 @@ const READ_CHUNK: usize = 64 * 1024;
 const FEED_OUT_MAX: usize = 1 << 20;
 /// Reads per feed per loop turn before the loop serves others (fairness).
 const READS_PER_TURN: usize = 16;
+/// How long a feed may take to send its `AUTH` line.
+const FEED_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a refused feed may take to close after its error line (its
+/// input is read and dropped meanwhile, so the close is not a reset that
+/// could discard the error line).
+const FEED_REFUSED_LINGER: Duration = Duration::from_secs(2);
 /// How long the loop blocks when idle, to notice shutdown promptly.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// After an accept failed for want of file descriptors (EMFILE, ENFILE),
@@ -63,8 +69,10 @@ struct Feed {
     out_dropped: u64,
     /// Sent its `AUTH` line (or none is required).
     authed: bool,
-    /// Refused: close once the error line is written.
+    /// Refused: its write side is shut, input is dropped until it closes.
     refused: bool,
+    /// When it connected, or was refused.
+    since: Instant,
 }
 
 /// The ingest thread's state.
@@ -173,6 +181,7 @@ impl Ingest {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(256);
         let mut retry: Vec<usize> = Vec::new();
+        let mut last_sweep = Instant::now();
         while !self.shutdown.load(Ordering::Relaxed) {
             self.loop_turns += 1;
             let busy = self.serve_control() || !retry.is_empty();
@@ -197,6 +206,10 @@ impl Ingest {
             self.bell.awake();
             if self.accept_retry {
                 self.accept();
+            }
+            if self.token.is_some() && last_sweep.elapsed() >= IDLE_POLL {
+                last_sweep = Instant::now();
+                self.sweep_feeds();
             }
             let mut again = std::mem::take(&mut retry);
             for event in events.iter() {
@@ -270,6 +283,7 @@ impl Ingest {
                         out_dropped: 0,
                         authed: self.token.is_none(),
                         refused: false,
+                        since: Instant::now(),
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -294,6 +308,9 @@ impl Ingest {
             let Some(feed) = self.feeds.get_mut(key) else {
                 return false;
             };
+            if feed.refused {
+                return self.linger(key);
+            }
             if feed.filled == feed.buf.len() {
                 // process() leaves at most max_line bytes, so this is not
                 // reached; were it, reading into an empty slice would look
@@ -314,8 +331,8 @@ impl Ingest {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
-                    // Reset: a partial last line was cut, not ended.
-                    feed.discarding = true;
+                    // A reset cut a partial last line: it cannot parse as a
+                    // whole object, so close_feed counts it as a reject.
                     self.close_feed(key);
                     return false;
                 }
@@ -325,11 +342,7 @@ impl Ingest {
             self.ring_workers();
             self.flush_feed(key);
             if self.feeds.get(key).is_some_and(|f| f.refused) {
-                let feed = &mut self.feeds[key];
-                feed.discarding = true;
-                let _ = feed.stream.shutdown(std::net::Shutdown::Write);
-                self.close_feed(key);
-                return false;
+                return self.linger(key);
             }
         }
         true
@@ -408,6 +421,65 @@ impl Ingest {
         self.reject(key, Reject::LineTooLong, line_no);
     }
 
+    /// A refused feed: its error line is flushed and its write side shut;
+    /// its input is dropped until it closes (or the linger ends).
+    fn linger(&mut self, key: usize) -> bool {
+        let feed = &mut self.feeds[key];
+        feed.discarding = true;
+        feed.start = 0;
+        feed.filled = 0;
+        if feed.out.is_empty() {
+            let _ = feed.stream.shutdown(std::net::Shutdown::Write);
+        }
+        for _ in 0..READS_PER_TURN {
+            let feed = &mut self.feeds[key];
+            match feed.stream.read(&mut feed.buf) {
+                Ok(0) => {
+                    self.close_feed(key);
+                    return false;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.close_feed(key);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Feeds past their deadlines: no `AUTH` line in time (refused), or
+    /// refused and lingering too long (closed).
+    fn sweep_feeds(&mut self) {
+        let mut late = Vec::new();
+        let mut gone = Vec::new();
+        for (key, f) in self.feeds.iter() {
+            if f.refused && f.since.elapsed() >= FEED_REFUSED_LINGER {
+                gone.push(key);
+            } else if !f.authed && !f.refused && f.since.elapsed() >= FEED_AUTH_TIMEOUT {
+                late.push(key);
+            }
+        }
+        for key in late {
+            self.metrics.refusals.auth(&crate::auth::AuthError::Missing);
+            let feed = &mut self.feeds[key];
+            feed.out.extend_from_slice(
+                b"{\"error\":\"authentication timeout: no AUTH line within 10 s\",\"line\":1}\n",
+            );
+            feed.refused = true;
+            feed.since = Instant::now();
+            self.flush_feed(key);
+            self.linger(key);
+        }
+        for key in gone {
+            if self.feeds.contains(key) {
+                self.close_feed(key);
+            }
+        }
+    }
+
     /// Checks a feed's first line, `AUTH <token>`; a refused feed gets one
     /// error line and is closed.
     fn authenticate(&mut self, key: usize, line: &[u8]) -> bool {
@@ -434,6 +506,7 @@ impl Ingest {
         feed.out.extend_from_slice(why.as_bytes());
         feed.out.extend_from_slice(b"\",\"line\":1}\n");
         feed.refused = true;
+        feed.since = Instant::now();
         feed.start = feed.filled;
         false
     }
