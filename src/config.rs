@@ -123,6 +123,8 @@ pub struct Config {
     /// The shared token a feed's `AUTH` line must carry; `None`: feeds are
     /// not authenticated.
     pub ingest_token: Option<std::sync::Arc<[u8]>>,
+    /// Feeds speak TLS with the listen port's certificate.
+    pub ingest_tls: bool,
     /// Where `/metrics` is served instead of the listen port.
     pub admin_listen: Option<SocketAddr>,
     /// WebSocket connections per client address; 0: no limit.
@@ -169,6 +171,7 @@ impl Default for Config {
             jwt_leeway: DEFAULT_JWT_LEEWAY,
             token_refresh_lead: DEFAULT_TOKEN_REFRESH_LEAD,
             ingest_token: None,
+            ingest_tls: false,
             admin_listen: None,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             new_connections_per_ip_per_second: DEFAULT_NEW_CONNECTIONS_PER_IP_PER_SECOND,
@@ -319,6 +322,9 @@ pub struct Cli {
     /// Send {"type":"token_expiring"} this long before a token's exp [default: 30s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub token_refresh_lead: Option<Duration>,
+    /// Feeds connect with TLS too, with the --tls-cert certificate (for feeds that come over a network); needs --tls-cert and --tls-key
+    #[arg(long)]
+    pub ingest_tls: bool,
     /// A feed's first line must be "AUTH <token>" with the token in this file [default: off]
     #[arg(long, value_name = "FILE")]
     pub ingest_token_file: Option<PathBuf>,
@@ -380,6 +386,7 @@ struct FileConfig {
     jwt_leeway: Option<DurationValue>,
     token_refresh_lead: Option<DurationValue>,
     ingest_token_file: Option<PathBuf>,
+    ingest_tls: Option<bool>,
     admin_listen: Option<SocketAddr>,
     max_connections_per_ip: Option<usize>,
     new_connections_per_ip_per_second: Option<u32>,
@@ -616,6 +623,14 @@ impl Config {
         set!(max_feed_connections);
         set!(allowed_origins);
         c.admin_listen = cli.admin_listen.or(file.admin_listen);
+        c.ingest_tls = cli.ingest_tls || file.ingest_tls.unwrap_or(false);
+        if c.ingest_tls && c.tls.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "ingest_tls",
+                message: "needs tls_cert and tls_key: the ingest port uses their certificate"
+                    .into(),
+            });
+        }
         if let Some(list) = cli.trusted_proxies.or(file.trusted_proxies) {
             for p in list.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
                 let cidr = p.parse().map_err(|message| ConfigError::Invalid {

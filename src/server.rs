@@ -209,6 +209,11 @@ impl Engine {
             max_channels: config.max_channels,
             token: config.ingest_token.clone(),
             max_feeds: config.max_feed_connections,
+            tls: if config.ingest_tls {
+                config.tls.clone()
+            } else {
+                None
+            },
         })?;
 
         let cores = core_affinity::get_core_ids().unwrap_or_default();

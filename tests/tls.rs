@@ -280,3 +280,69 @@ fn sighup_reloads_for_new_handshakes_and_keeps_open_connections() {
     expect_seqs(&mut again, "MSFT", 1, 200);
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn ingest_tls_feeds_over_tls_and_refuses_plain_text() {
+    let dir = temp_dir("ingest");
+    let p = make_pair(&dir, "i");
+    let s = Server::start(&[
+        "--tls-cert",
+        p.cert.to_str().unwrap(),
+        "--tls-key",
+        p.key.to_str().unwrap(),
+        "--ingest-tls",
+        "--conflate-on-block",
+        "false",
+    ]);
+    let mut ws = wss(s.listen, &p.der);
+    subscribe(&mut ws, "F");
+    // A plain-text feed: its lines never parse as a TLS handshake, nothing
+    // of it is ingested.
+    let mut plain = Feed::connect(s.ingest);
+    plain.send(&tick("F", 999));
+    // A TLS feed: every line, bad ones answered over TLS.
+    let mut feed = tls_connect(s.ingest, &[&p.der]);
+    feed.write_all(b"not json\n").unwrap();
+    let mut lines = String::new();
+    for i in 1..=500 {
+        lines.push_str(&tick("F", i));
+        lines.push('\n');
+    }
+    feed.write_all(lines.as_bytes()).unwrap();
+    feed.flush().unwrap();
+    let mut err = [0u8; 64];
+    let n = feed.read(&mut err).unwrap();
+    let err = String::from_utf8_lossy(&err[..n]);
+    assert!(
+        err.starts_with(r#"{"error":"malformed JSON","line":1}"#),
+        "{err}"
+    );
+    expect_seqs(&mut ws, "F", 1, 500);
+    let v = recv_or_none(&mut ws);
+    assert!(v.is_none(), "the plain-text feed's line arrived: {v:?}");
+    // Without a certificate the option is refused at start.
+    let out = Command::new(env!("CARGO_BIN_EXE_tickwire"))
+        .args([
+            "--ingest-tls",
+            "--listen",
+            "127.0.0.1:0",
+            "--ingest",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ingest_tls"));
+}
+
+/// The next JSON message within a second, if any.
+fn recv_or_none(ws: &mut TlsWs) -> Option<serde_json::Value> {
+    ws.get_ref()
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    match ws.read() {
+        Ok(Message::Text(t)) => Some(serde_json::from_str(&t).unwrap()),
+        _ => None,
+    }
+}

@@ -2,7 +2,8 @@
 # Protocol conformance: runs the Autobahn TestSuite cases 1.* to 7.* and 10.*
 # (required to pass) and 9.* (reported; performance cases with messages up to
 # 16 MiB) against the engine's echo endpoint, /echo, which shares the read and
-# write path of /ws. The runner is kosoku (PyPI), installed when missing.
+# write path of /ws; then 1.* to 7.* and 10.* again over wss:// (required).
+# The runner is kosoku (PyPI), installed when missing.
 #
 #   tools/autobahn.sh [--out DIR]    verdicts as JSON in DIR (default: a temp dir)
 set -euo pipefail
@@ -58,5 +59,16 @@ echo "autobahn: cases 9.* (reported) with max_frame_size 16MiB"
 start --max-frame-size 16MiB --outbound-budget 32MiB
 timeout 900 python3 tools/autobahn.py "$url" '9.*' --concurrency 1 --report-only \
   --json "$out/performance.json"
+stop
+# wss://: the same required cases through the TLS path, with a certificate
+# made here (the runner reaches it through a local TLS bridge).
+echo "autobahn: cases 1.* to 7.* and 10.* over wss://"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+  -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+  -addext basicConstraints=critical,CA:FALSE \
+  -keyout "$out/tls.key" -out "$out/tls.crt" 2>/dev/null
+start --tls-cert "$out/tls.crt" --tls-key "$out/tls.key"
+timeout 600 python3 tools/autobahn.py "${url/ws:/wss:}" '1.*' '2.*' '3.*' '4.*' '5.*' '6.*' '7.*' '10.*' \
+  --tls-ca "$out/tls.crt" --json "$out/required-wss.json"
 stop
 echo "autobahn: verdicts in $out"

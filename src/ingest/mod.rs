@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use rtrb::{Consumer, Producer, PushError};
 use slab::Slab;
@@ -26,6 +26,7 @@ use slab::Slab;
 use crate::clock;
 use crate::metrics::Metrics;
 use crate::ring::{Doorbell, RingBytes, SubscribeReply, ToIngest, ToWorker, WORKER_RING_BYTES_MAX};
+use crate::transport::{TlsStream, Transport};
 use crate::update::Update;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -57,7 +58,7 @@ fn ring_has_room(unread: u64, len: u64) -> bool {
 }
 
 struct Feed {
-    stream: TcpStream,
+    stream: Transport,
     buf: Box<[u8]>,
     start: usize,
     filled: usize,
@@ -99,6 +100,8 @@ pub struct Ingest {
     /// The token an `AUTH` first line must carry.
     token: Option<Arc<[u8]>>,
     max_feeds: usize,
+    /// Feeds speak TLS (`--ingest-tls`).
+    tls: Option<crate::tls::SharedConfig>,
     messages: u64,
     bytes: u64,
     rejects: [u64; 6],
@@ -134,6 +137,8 @@ pub struct IngestParts {
     pub token: Option<Arc<[u8]>>,
     /// Feed connections at once.
     pub max_feeds: usize,
+    /// When feeds speak TLS: the listen port's certificate.
+    pub tls: Option<crate::tls::SharedConfig>,
 }
 
 /// The token the ingest Poll's waker must use.
@@ -169,6 +174,7 @@ impl Ingest {
             max_line: p.max_line,
             token: p.token,
             max_feeds: p.max_feeds,
+            tls: p.tls,
             messages: 0,
             bytes: 0,
             rejects: [0; 6],
@@ -253,11 +259,21 @@ impl Ingest {
                             "{{\"error\":\"too many feed connections (max_feed_connections is {})\",\"line\":0}}\n",
                             self.max_feeds
                         );
-                        // A fresh socket takes one short line; then it is dropped.
-                        let _ = stream.write(msg.as_bytes());
+                        // A fresh socket takes one short line; then it is
+                        // dropped (a TLS feed just sees the close).
+                        if self.tls.is_none() {
+                            let _ = stream.write(msg.as_bytes());
+                        }
                         let _ = stream.shutdown(std::net::Shutdown::Write);
                         continue;
                     }
+                    let mut stream = match &self.tls {
+                        None => Transport::Plain(stream),
+                        Some(tls) => match TlsStream::new(tls.load_full(), stream) {
+                            Ok(t) => Transport::Tls(Box::new(t)),
+                            Err(_) => continue,
+                        },
+                    };
                     let entry = self.feeds.vacant_entry();
                     let key = entry.key();
                     if self
@@ -428,8 +444,8 @@ impl Ingest {
         feed.discarding = true;
         feed.start = 0;
         feed.filled = 0;
-        if feed.out.is_empty() {
-            let _ = feed.stream.shutdown(std::net::Shutdown::Write);
+        if feed.out.is_empty() && !feed.stream.has_pending() {
+            feed.stream.shutdown_write();
         }
         for _ in 0..READS_PER_TURN {
             let feed = &mut self.feeds[key];
@@ -582,6 +598,10 @@ impl Ingest {
         let Some(feed) = self.feeds.get_mut(key) else {
             return;
         };
+        // TLS: ciphertext of earlier lines first.
+        if !matches!(feed.stream.flush_pending(), Ok(true)) {
+            return;
+        }
         while !feed.out.is_empty() {
             match feed.stream.write(&feed.out) {
                 Ok(0) => break,

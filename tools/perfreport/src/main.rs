@@ -55,6 +55,10 @@ fn main() -> Result<()> {
     if let Ok(text) = fs::read_to_string(&micro) {
         md.push_str(&microbench_section(&text));
     }
+    let tls = out.with_file_name("TLS.md");
+    if let Ok(text) = fs::read_to_string(&tls) {
+        md.push_str(&tls_section(&text));
+    }
     fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
     eprintln!(
         "perfreport: wrote {} and {} plot(s) in {}",
@@ -79,6 +83,27 @@ fn microbench_section(text: &str) -> String {
     for l in table {
         md.push_str(l);
         md.push('\n');
+    }
+    md
+}
+
+/// The tables of TLS.md (TLS against plain, run by hand with the
+/// `tickwire-tls` engine), so RESULTS.md holds those figures too.
+fn tls_section(text: &str) -> String {
+    let mut md = String::from(
+        "\n## TLS against plain\n\nCopied from [TLS.md](TLS.md) (commands, method and reading there).\n",
+    );
+    let mut in_table = false;
+    for l in text.lines() {
+        let row = l.starts_with('|');
+        if row && !in_table {
+            md.push('\n');
+        }
+        if row {
+            md.push_str(l);
+            md.push('\n');
+        }
+        in_table = row;
     }
     md
 }
