@@ -125,6 +125,12 @@ pub struct Config {
     pub ingest_token: Option<std::sync::Arc<[u8]>>,
     /// Feeds speak TLS with the listen port's certificate.
     pub ingest_tls: bool,
+    /// Updates of history kept per channel for resuming subscribers.
+    pub history_size: usize,
+    /// Oldest history kept.
+    pub history_ttl: Duration,
+    /// History bytes over all channels.
+    pub history_memory_max: usize,
     /// Where `/metrics` is served instead of the listen port.
     pub admin_listen: Option<SocketAddr>,
     /// WebSocket connections per client address; 0: no limit.
@@ -172,6 +178,9 @@ impl Default for Config {
             token_refresh_lead: DEFAULT_TOKEN_REFRESH_LEAD,
             ingest_token: None,
             ingest_tls: false,
+            history_size: 16,
+            history_ttl: Duration::from_secs(60),
+            history_memory_max: 256 << 20,
             admin_listen: None,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             new_connections_per_ip_per_second: DEFAULT_NEW_CONNECTIONS_PER_IP_PER_SECOND,
@@ -325,6 +334,15 @@ pub struct Cli {
     /// Feeds connect with TLS too, with the --tls-cert certificate (for feeds that come over a network); needs --tls-cert and --tls-key
     #[arg(long)]
     pub ingest_tls: bool,
+    /// Updates each channel keeps for clients that resume with "since" (the last value is kept apart, always) [default: 16]
+    #[arg(long, value_name = "N")]
+    pub history_size: Option<usize>,
+    /// History older than this is not replayed (0 for no age limit) [default: 1m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub history_ttl: Option<Duration>,
+    /// History bytes over all channels; past it the oldest entries go first [default: 256MiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub history_memory_max: Option<usize>,
     /// A feed's first line must be "AUTH <token>" with the token in this file [default: off]
     #[arg(long, value_name = "FILE")]
     pub ingest_token_file: Option<PathBuf>,
@@ -387,6 +405,9 @@ struct FileConfig {
     token_refresh_lead: Option<DurationValue>,
     ingest_token_file: Option<PathBuf>,
     ingest_tls: Option<bool>,
+    history_size: Option<usize>,
+    history_ttl: Option<DurationValue>,
+    history_memory_max: Option<SizeValue>,
     admin_listen: Option<SocketAddr>,
     max_connections_per_ip: Option<usize>,
     new_connections_per_ip_per_second: Option<u32>,
@@ -621,6 +642,9 @@ impl Config {
         set!(new_connections_per_ip_per_second);
         set!(client_messages_per_second);
         set!(max_feed_connections);
+        set!(history_size);
+        set!(history_ttl, duration_of);
+        set!(history_memory_max, size_of);
         set!(allowed_origins);
         c.admin_listen = cli.admin_listen.or(file.admin_listen);
         c.ingest_tls = cli.ingest_tls || file.ingest_tls.unwrap_or(false);
@@ -777,6 +801,7 @@ impl Config {
             ("drain_timeout", self.drain_timeout),
             ("jwt_leeway", self.jwt_leeway),
             ("token_refresh_lead", self.token_refresh_lead),
+            ("history_ttl", self.history_ttl),
         ] {
             if d > MAX_TIMER {
                 return bad(key, "must be at most 7 days");
@@ -808,6 +833,9 @@ impl Config {
         }
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1");
+        }
+        if self.history_size > 1 << 20 {
+            return bad("history_size", "must be at most 1048576");
         }
         if self.max_feed_connections == 0 {
             return bad("max_feed_connections", "must be at least 1");

@@ -76,6 +76,12 @@ pub mod names {
     pub const WORKER_CONTENDED_WINDOWS_TOTAL: &str = "tickwire_worker_contended_windows_total";
     /// `tickwire_ingest_rejects_total{reason}`.
     pub const INGEST_REJECTS_TOTAL: &str = "tickwire_ingest_rejects_total";
+    /// `tickwire_replayed_total`.
+    pub const REPLAYED_TOTAL: &str = "tickwire_replayed_total";
+    /// `tickwire_resyncs_total`.
+    pub const RESYNCS_TOTAL: &str = "tickwire_resyncs_total";
+    /// `tickwire_history_bytes`.
+    pub const HISTORY_BYTES: &str = "tickwire_history_bytes";
     /// `tickwire_auth_failures_total{reason}`.
     pub const AUTH_FAILURES_TOTAL: &str = "tickwire_auth_failures_total";
     /// `tickwire_limit_rejects_total{reason}`.
@@ -118,6 +124,10 @@ pub struct WorkerStats {
     pub accept_errors: AtomicU64,
     /// TLS connections that ended before their handshake completed.
     pub tls_handshake_failures: AtomicU64,
+    /// Updates replayed to resuming subscribers.
+    pub replayed: AtomicU64,
+    /// Resumes answered with a resync.
+    pub resyncs: AtomicU64,
     /// Event loop turns.
     pub loop_turns: AtomicU64,
     /// Write passes that waited for a contended core's share (pacing).
@@ -163,6 +173,10 @@ pub struct WorkerCounters {
     /// See [`WorkerStats`].
     pub tls_handshake_failures: u64,
     /// See [`WorkerStats`].
+    pub replayed: u64,
+    /// See [`WorkerStats`].
+    pub resyncs: u64,
+    /// See [`WorkerStats`].
     pub loop_turns: u64,
     /// See [`WorkerStats`].
     pub paced_passes: u64,
@@ -193,6 +207,8 @@ impl WorkerCounters {
         s.accept_errors.store(self.accept_errors, r);
         s.tls_handshake_failures
             .store(self.tls_handshake_failures, r);
+        s.replayed.store(self.replayed, r);
+        s.resyncs.store(self.resyncs, r);
         s.loop_turns.store(self.loop_turns, r);
         s.paced_passes.store(self.paced_passes, r);
         s.paced_wait_ns.store(self.paced_wait_ns, r);
@@ -213,6 +229,8 @@ pub struct IngestStats {
     pub rejects: [AtomicU64; 6],
     /// Channels known.
     pub channels: AtomicU64,
+    /// History bytes kept over all channels.
+    pub history_bytes: AtomicU64,
     /// Times a worker ring was full and ingest waited (backpressure).
     pub ring_full_waits: AtomicU64,
     /// Ingest loop turns.
@@ -389,8 +407,29 @@ impl Metrics {
             "counter",
             self.total(|w| &w.http_rejects),
         );
+        gauge(
+            &mut o,
+            names::REPLAYED_TOTAL,
+            "Updates replayed from history to resuming subscribers.",
+            "counter",
+            self.total(|w| &w.replayed),
+        );
+        gauge(
+            &mut o,
+            names::RESYNCS_TOTAL,
+            "Resumes that could not be served from history (epoch changed, too old): resync sent.",
+            "counter",
+            self.total(|w| &w.resyncs),
+        );
         let i = &self.ingest;
         let r = Ordering::Relaxed;
+        gauge(
+            &mut o,
+            names::HISTORY_BYTES,
+            "Bytes of channel history kept (capped by history_memory_max).",
+            "gauge",
+            i.history_bytes.load(r),
+        );
         gauge(
             &mut o,
             names::INGEST_CONNECTIONS,

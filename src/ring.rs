@@ -36,9 +36,22 @@ pub struct SubscribeReply {
     pub conn: ConnKey,
     /// The requested names, given back so the worker can match its state.
     pub names: Vec<Box<str>>,
-    /// Per name: the channel id (None if the engine's channel table is full)
-    /// and its last value (the snapshot) if it has one.
-    pub channels: Vec<Option<(ChannelId, Option<Update>)>>,
+    /// Per name: the channel (None if the engine's channel table is full).
+    pub channels: Vec<Option<Resolved>>,
+}
+
+/// A channel a subscribe request resolved, read in ring order: what the
+/// subscription starts with and where the stream is.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The channel id (a reference the worker must give back).
+    pub id: ChannelId,
+    /// Snapshot, replay or resync.
+    pub start: crate::ingest::history::Start,
+    /// The channel's seq now: the last one the start covers.
+    pub seq: u64,
+    /// The stream's epoch.
+    pub epoch: Box<str>,
 }
 
 /// A message from the ingest thread to a worker. Ordered: a reply queued after
@@ -62,6 +75,8 @@ pub enum ToIngest {
         conn: ConnKey,
         /// Valid channel names, deduplicated.
         names: Vec<Box<str>>,
+        /// Per name (or empty): the position to resume from.
+        since: Vec<Option<crate::ingest::history::Position>>,
     },
     /// Gives back one reference per id: each id a subscribe reply carried is
     /// a reference the worker holds until the subscription ends (or at once,

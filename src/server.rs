@@ -209,6 +209,11 @@ impl Engine {
             max_channels: config.max_channels,
             token: config.ingest_token.clone(),
             max_feeds: config.max_feed_connections,
+            history: crate::ingest::history::HistoryLimits {
+                size: config.history_size,
+                ttl_ns: config.history_ttl.as_nanos() as u64,
+                memory_max: config.history_memory_max,
+            },
             tls: if config.ingest_tls {
                 config.tls.clone()
             } else {

@@ -151,10 +151,8 @@ fn auth_upgrade_token_grants_only_its_channels() {
         "{msg}"
     );
     let ack = c.recv();
-    assert_eq!(
-        ack,
-        json!({"type":"subscribed","channels":["A","fx.EUR","user.u1"]})
-    );
+    assert_eq!(ack["type"], "subscribed");
+    assert_eq!(ack["channels"], json!(["A", "fx.EUR", "user.u1"]));
     // The query token works the same way.
     let mut q = connect_plain(srv.listen, &format!("/ws?token={good}"));
     q.subscribe(&["user.u1"]);

@@ -7,6 +7,7 @@
 //! subscribe requests on the same rings, which is what joins a snapshot to
 //! the live stream without a gap or a duplicate.
 
+pub mod history;
 pub mod line;
 pub mod sequencer;
 
@@ -25,7 +26,9 @@ use slab::Slab;
 
 use crate::clock;
 use crate::metrics::Metrics;
-use crate::ring::{Doorbell, RingBytes, SubscribeReply, ToIngest, ToWorker, WORKER_RING_BYTES_MAX};
+use crate::ring::{
+    Doorbell, Resolved, RingBytes, SubscribeReply, ToIngest, ToWorker, WORKER_RING_BYTES_MAX,
+};
 use crate::transport::{TlsStream, Transport};
 use crate::update::Update;
 
@@ -139,6 +142,8 @@ pub struct IngestParts {
     pub max_feeds: usize,
     /// When feeds speak TLS: the listen port's certificate.
     pub tls: Option<crate::tls::SharedConfig>,
+    /// History kept for resuming subscribers.
+    pub history: history::HistoryLimits,
 }
 
 /// The token the ingest Poll's waker must use.
@@ -162,7 +167,7 @@ impl Ingest {
             accept_retry: false,
             accept_failing: false,
             parser: LineParser::default(),
-            sequencer: Sequencer::new(p.max_channels),
+            sequencer: Sequencer::with_history(p.max_channels, p.history),
             to_workers: p.to_workers,
             worker_bells: p.worker_bells,
             pushed_bytes: vec![0; p.ring_bytes.len()],
@@ -641,12 +646,13 @@ impl Ingest {
         for w in 0..self.from_workers.len() {
             while let Ok(msg) = self.from_workers[w].pop() {
                 served = true;
-                let (worker, conn, names) = match msg {
+                let (worker, conn, names, since) = match msg {
                     ToIngest::Subscribe {
                         worker,
                         conn,
                         names,
-                    } => (worker, conn, names),
+                        since,
+                    } => (worker, conn, names, since),
                     ToIngest::Release { channels } => {
                         for id in channels {
                             self.sequencer.release(id);
@@ -655,12 +661,21 @@ impl Ingest {
                     }
                 };
                 debug_assert_eq!(worker, w);
+                let now = clock::now_ns();
                 let channels = names
                     .iter()
-                    .map(|n| {
+                    .enumerate()
+                    .map(|(i, n)| {
                         let id = self.sequencer.resolve(n)?;
                         self.sequencer.grant(id);
-                        Some((id, self.sequencer.snapshot(id)))
+                        let from = since.get(i).and_then(Option::as_ref);
+                        let (start, seq, epoch) = self.sequencer.start(id, from, now);
+                        Some(Resolved {
+                            id,
+                            start,
+                            seq,
+                            epoch,
+                        })
                     })
                     .collect();
                 let reply = ToWorker::Subscribed(Box::new(SubscribeReply {
@@ -685,6 +700,8 @@ impl Ingest {
             i.rejects[k].store(*v, r);
         }
         i.channels.store(self.sequencer.channel_count() as u64, r);
+        i.history_bytes
+            .store(self.sequencer.history_bytes() as u64, r);
         i.ring_full_waits.store(self.ring_full_waits, r);
         i.loop_turns.store(self.loop_turns, r);
     }

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 
 use crate::channel::{self, ChannelId};
+use crate::ingest::history::{self, History, HistoryLimits, Position, Start};
 use crate::ingest::line::{LineParser, Reject};
 use crate::update::Update;
 
@@ -18,6 +19,10 @@ struct ChannelState {
     last: Option<Update>,
     /// Ids handed out in subscribe replies and not yet released.
     refs: u32,
+    /// The last updates, for resuming subscribers.
+    history: History,
+    /// Which use of this slot the channel is (part of its epoch).
+    incarnation: u64,
 }
 
 /// Channel table and sequencing.
@@ -31,6 +36,15 @@ pub struct Sequencer {
     unpublished: usize,
     /// Slots of forgotten channels, reused before the table grows.
     free: Vec<ChannelId>,
+    limits: HistoryLimits,
+    /// New at every start: a seq of an earlier run is never resumed.
+    engine_epoch: u64,
+    /// Channels created so far (each gets the next incarnation).
+    created: u64,
+    /// History bytes over all channels.
+    history_bytes: usize,
+    /// Where the memory cap's sweep looks next.
+    evict_cursor: usize,
 }
 
 impl std::fmt::Debug for Sequencer {
@@ -45,12 +59,84 @@ impl Sequencer {
     /// A sequencer keeping at most `max_channels` channels with a value (and
     /// as many more that subscribers named before any value).
     pub fn new(max_channels: usize) -> Self {
+        Self::with_history(max_channels, HistoryLimits::default())
+    }
+
+    /// A sequencer keeping `limits` of history.
+    pub fn with_history(max_channels: usize, limits: HistoryLimits) -> Self {
         Sequencer {
             by_name: HashMap::new(),
             channels: Vec::new(),
             max_channels,
             unpublished: 0,
             free: Vec::new(),
+            limits,
+            engine_epoch: history::new_engine_epoch(),
+            created: 0,
+            history_bytes: 0,
+            evict_cursor: 0,
+        }
+    }
+
+    /// History bytes kept over all channels.
+    pub fn history_bytes(&self) -> usize {
+        self.history_bytes
+    }
+
+    /// The epoch of a channel's stream.
+    pub fn epoch(&self, id: ChannelId) -> Box<str> {
+        history::epoch_string(self.engine_epoch, self.channels[id.index()].incarnation)
+    }
+
+    /// How a subscription to `id` starts: from `since` when given (the
+    /// updates after it, or a resync), else the snapshot; with the
+    /// channel's current seq and epoch.
+    pub fn start(
+        &self,
+        id: ChannelId,
+        since: Option<&Position>,
+        now_ns: u64,
+    ) -> (Start, u64, Box<str>) {
+        let state = &self.channels[id.index()];
+        let epoch = self.epoch(id);
+        let start = match since {
+            None => Start::Snapshot(state.last.clone()),
+            Some(p) => state.history.start(
+                p,
+                &epoch,
+                state.seq,
+                state.last.as_ref(),
+                now_ns,
+                self.limits.ttl_ns,
+            ),
+        };
+        (start, state.seq, epoch)
+    }
+
+    /// Keeps the history within its byte cap: the channel that grows pays
+    /// first, then a sweep takes the oldest entry of the channels in turn.
+    fn enforce_history_cap(&mut self, grew: ChannelId) {
+        let max = self.limits.memory_max;
+        while self.history_bytes > max {
+            let own = &mut self.channels[grew.index()].history;
+            let freed = if own.len() > 1 {
+                own.pop_oldest()
+            } else {
+                let n = self.channels.len();
+                let mut freed = 0;
+                for _ in 0..n {
+                    self.evict_cursor = (self.evict_cursor + 1) % n;
+                    freed = self.channels[self.evict_cursor].history.pop_oldest();
+                    if freed > 0 {
+                        break;
+                    }
+                }
+                freed
+            };
+            if freed == 0 {
+                break;
+            }
+            self.history_bytes -= freed;
         }
     }
 
@@ -111,6 +197,9 @@ impl Sequencer {
             frame: crate::protocol::frame::update(state.name.as_bytes(), state.seq, payload),
         };
         state.last = Some(update.clone());
+        let delta = state.history.push(update.clone(), &self.limits);
+        self.history_bytes = (self.history_bytes as isize + delta) as usize;
+        self.enforce_history_cap(id);
         self.check_channel(id);
         Ok(update)
     }
@@ -121,11 +210,14 @@ impl Sequencer {
     }
 
     fn create(&mut self, name: &str) -> ChannelId {
+        self.created += 1;
         let state = ChannelState {
             name: name.into(),
             seq: 0,
             last: None,
             refs: 0,
+            history: History::default(),
+            incarnation: self.created,
         };
         let id = match self.free.pop() {
             Some(id) => {

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::channel;
+use crate::ingest::history::Position;
 use crate::protocol::frame;
 
 /// Error codes sent to clients in `{"type":"error","code":...}`: the one list
@@ -91,8 +92,10 @@ impl Ack {
 /// A client request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientOp {
-    /// Subscribe to these channels (valid, deduplicated, in order).
-    Subscribe(Vec<Box<str>>),
+    /// Subscribe to these channels (valid, deduplicated, in order), each
+    /// from the position given in `since` (aligned with the names; empty
+    /// when none is given).
+    Subscribe(Vec<Box<str>>, Vec<Option<Position>>),
     /// Unsubscribe from these channels.
     Unsubscribe(Vec<Box<str>>),
     /// Authenticate, or refresh the token.
@@ -122,6 +125,7 @@ struct RawOp {
     op: Option<serde_json::Value>,
     channels: Option<serde_json::Value>,
     token: Option<serde_json::Value>,
+    since: Option<serde_json::Value>,
 }
 
 /// Parses a client text message.
@@ -208,10 +212,48 @@ pub fn parse_client_message(text: &[u8], max_channels: usize) -> Result<ClientOp
         }
     }
     Ok(if op == "subscribe" {
-        ClientOp::Subscribe(names)
+        let since = match raw.since {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Object(map)) => {
+                let mut since = Vec::with_capacity(names.len());
+                for n in &names {
+                    since.push(match map.get(&**n) {
+                        None => None,
+                        Some(p) => Some(position(n, p)?),
+                    });
+                }
+                since
+            }
+            Some(_) => {
+                return Err(ClientError::new(
+                    ErrorCode::BadRequest,
+                    "\"since\" must be an object: {\"CH\":{\"seq\":N,\"epoch\":\"...\"}}",
+                ));
+            }
+        };
+        ClientOp::Subscribe(names, since)
     } else {
         ClientOp::Unsubscribe(names)
     })
+}
+
+/// One channel's `{"seq":N,"epoch":"..."}` in `since`.
+fn position(name: &str, v: &serde_json::Value) -> Result<Position, ClientError> {
+    let seq = v.get("seq").and_then(serde_json::Value::as_u64);
+    let epoch = v.get("epoch").and_then(serde_json::Value::as_str);
+    match (seq, epoch) {
+        (Some(seq), Some(epoch)) if epoch.len() <= 64 => Ok(Position {
+            seq,
+            epoch: epoch.into(),
+        }),
+        _ => Err(ClientError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "since.{}: need {{\"seq\":<number>,\"epoch\":\"<string>\"}} as the engine sent them",
+                truncate(name, 64)
+            ),
+        )),
+    }
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -224,6 +266,10 @@ fn truncate(s: &str, max: usize) -> &str {
 
 /// `{"type":"subscribed","channels":[...]}` (or `unsubscribed`) as a frame.
 pub fn ack_frame(kind: Ack, names: &[Box<str>]) -> Bytes {
+    frame::text(ack_json(kind, names).as_bytes())
+}
+
+fn ack_json(kind: Ack, names: &[Box<str>]) -> String {
     let kind = kind.as_str();
     let mut s = String::with_capacity(40 + names.iter().map(|n| n.len() + 3).sum::<usize>());
     s.push_str("{\"type\":\"");
@@ -239,7 +285,7 @@ pub fn ack_frame(kind: Ack, names: &[Box<str>]) -> Bytes {
         s.push('"');
     }
     s.push_str("]}");
-    frame::text(s.as_bytes())
+    s
 }
 
 /// `{"type":"unsubscribed","channels":[...],"reason":"forbidden"}`: the
@@ -262,6 +308,40 @@ pub fn token_expiring_frame(exp: u64) -> Bytes {
     frame::text(format!("{{\"type\":\"token_expiring\",\"exp\":{exp}}}").as_bytes())
 }
 
+/// `{"type":"subscribed","channels":[...],"positions":{"CH":{"seq":N,"epoch":"..."}}}`:
+/// the ack of a subscribe, with where each live channel's stream is (the
+/// last seq its snapshot or replay covers). `positions` is left out when
+/// empty.
+pub fn subscribed_frame(names: &[Box<str>], positions: &[(&str, u64, &str)]) -> Bytes {
+    let mut s = ack_json(Ack::Subscribed, names);
+    if !positions.is_empty() {
+        // Names and epochs need no escaping (channel alphabet, hex).
+        s.pop();
+        s.push_str(",\"positions\":{");
+        for (i, (ch, seq, epoch)) in positions.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push('"');
+            s.push_str(ch);
+            s.push_str("\":{\"seq\":");
+            s.push_str(itoa::Buffer::new().format(*seq));
+            s.push_str(",\"epoch\":\"");
+            s.push_str(epoch);
+            s.push_str("\"}");
+        }
+        s.push_str("}}");
+    }
+    frame::text(s.as_bytes())
+}
+
+/// `{"type":"resync","ch":...,"epoch":...,"reason":...}`: the client's
+/// position cannot be resumed; the snapshot follows.
+pub fn resync_frame(ch: &str, epoch: &str, reason: &str) -> Bytes {
+    let body = serde_json::json!({"type": "resync", "ch": ch, "epoch": epoch, "reason": reason});
+    frame::text(body.to_string().as_bytes())
+}
+
 /// `{"type":"error","code":...,"message":...}` as a frame.
 pub fn error_frame(code: ErrorCode, message: &str) -> Bytes {
     let body = serde_json::json!({"type": "error", "code": code.as_str(), "message": message});
@@ -276,7 +356,28 @@ mod tests {
     fn client_messages_and_their_errors() {
         let ok =
             parse_client_message(br#"{"op":"subscribe","channels":["A","B","A"]}"#, 10).unwrap();
-        assert_eq!(ok, ClientOp::Subscribe(vec!["A".into(), "B".into()]));
+        assert_eq!(
+            ok,
+            ClientOp::Subscribe(vec!["A".into(), "B".into()], Vec::new())
+        );
+        let resume = parse_client_message(
+            br#"{"op":"subscribe","channels":["A","B"],"since":{"B":{"seq":4,"epoch":"e1"},"Z":{}}}"#,
+            10,
+        )
+        .unwrap();
+        assert_eq!(
+            resume,
+            ClientOp::Subscribe(
+                vec!["A".into(), "B".into()],
+                vec![
+                    None,
+                    Some(Position {
+                        seq: 4,
+                        epoch: "e1".into()
+                    })
+                ]
+            )
+        );
         let code = |m: &str, max| {
             parse_client_message(m.as_bytes(), max)
                 .unwrap_err()
@@ -299,6 +400,17 @@ mod tests {
         assert_eq!(code(r#"{"op":"auth","token":5}"#, 10), "bad_request");
         assert_eq!(code(r#"{"op":"auth"}"#, 10), "bad_request");
         assert_eq!(
+            code(r#"{"op":"subscribe","channels":["A"],"since":[]}"#, 10),
+            "bad_request"
+        );
+        assert_eq!(
+            code(
+                r#"{"op":"subscribe","channels":["A"],"since":{"A":{"seq":-1,"epoch":"e"}}}"#,
+                10
+            ),
+            "bad_request"
+        );
+        assert_eq!(
             code(r#"{"op":"subscribe","channels":["a b"]}"#, 10),
             "bad_channel"
         );
@@ -319,6 +431,14 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({"type":"subscribed","channels":["A","B.c"]})
+        );
+        let f = subscribed_frame(&["A".into(), "B".into()], &[("A", 41, "ab-1")]);
+        assert!(f[2..].starts_with(br#"{"type":"subscribed""#));
+        let v: serde_json::Value = serde_json::from_slice(&f[2..]).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"subscribed","channels":["A","B"],
+                "positions":{"A":{"seq":41,"epoch":"ab-1"}}})
         );
         let f = error_frame(ErrorCode::BadJson, "quote \" and \n newline");
         let v: serde_json::Value = serde_json::from_slice(&f[2..]).unwrap();

@@ -239,6 +239,17 @@ impl OutQueue {
         self.conflating = true;
     }
 
+    /// Queues updates a resuming subscription missed, in order and as they
+    /// are: never conflated (the client asked for exactly these), and
+    /// ahead of any live update of the channel, which conflates behind them
+    /// as usual.
+    pub fn push_replay(&mut self, frame: EntryRef) {
+        debug_assert!(frame.channel != ChannelId::NONE);
+        self.queued_bytes += frame.bytes.len();
+        self.queue.push_back(frame);
+        self.check_invariants();
+    }
+
     /// Queues a control frame; these are never conflated or dropped.
     pub fn push_control(&mut self, frame: EntryRef) {
         debug_assert!(frame.channel == ChannelId::NONE);

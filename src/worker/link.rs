@@ -65,11 +65,17 @@ impl IngestLink {
     }
 
     /// Asks ingest to resolve and snapshot `names` for `conn`.
-    pub fn subscribe(&mut self, conn: ConnKey, names: Vec<Box<str>>) {
+    pub fn subscribe(
+        &mut self,
+        conn: ConnKey,
+        names: Vec<Box<str>>,
+        since: Vec<Option<crate::ingest::history::Position>>,
+    ) {
         self.backlog.push_back(ToIngest::Subscribe {
             worker: self.worker,
             conn,
             names,
+            since,
         });
     }
 

@@ -4,9 +4,10 @@
 
 use crate::channel::ChannelId;
 use crate::protocol::client::{self, Ack, ClientOp, ErrorCode};
-use crate::ring::SubscribeReply;
+use crate::ingest::history::Start;
+use crate::ring::{Resolved, SubscribeReply};
 use crate::worker::Worker;
-use crate::worker::conflate::{Entry, EntryRef, Pushed};
+use crate::worker::conflate::{Entry, Pushed};
 use crate::worker::conn::Phase;
 use crate::worker::guard::Admission;
 use crate::worker::subscriptions::Sub;
@@ -38,7 +39,7 @@ impl Worker {
         match parsed {
             // Answered above.
             Ok(ClientOp::Auth(_)) => {}
-            Ok(ClientOp::Subscribe(mut names)) => {
+            Ok(ClientOp::Subscribe(mut names, mut since)) => {
                 let forbidden: Vec<Box<str>> = names
                     .iter()
                     .filter(|n| !conn.auth().allows(n))
@@ -46,6 +47,11 @@ impl Worker {
                     .collect();
                 if !forbidden.is_empty() {
                     // The rest of the request is applied.
+                    if !since.is_empty() {
+                        let auth = conn.auth();
+                        let mut keep = names.iter().map(|n| auth.allows(n));
+                        since.retain(|_| keep.next().unwrap_or(false));
+                    }
                     names.retain(|n| conn.auth().allows(n));
                     stats.counters.client_errors += 1;
                     let msg = format!("not allowed by the token: {}", forbidden.join(","));
@@ -78,7 +84,7 @@ impl Worker {
                 // The ack waits for the ingest thread's reply: "subscribed"
                 // means live, and every later update of these channels follows.
                 conn.subs.request_sent();
-                link.subscribe(conn.key, names);
+                link.subscribe(conn.key, names, since);
             }
             Ok(ClientOp::Unsubscribe(names)) => {
                 let mut ended = Vec::new();
@@ -111,7 +117,7 @@ impl Worker {
             .is_some_and(|c| c.key == reply.conn && c.phase == Phase::Open);
         if !live {
             // Closed or closing meanwhile: every id it carried goes back.
-            let ids = reply.channels.iter().flatten().map(|(id, _)| *id).collect();
+            let ids = reply.channels.iter().flatten().map(|r| r.id).collect();
             self.link.release(ids);
             return;
         }
@@ -129,7 +135,9 @@ impl Worker {
         let mut refused: Vec<Box<str>> = Vec::new();
         let mut forbidden: Vec<Box<str>> = Vec::new();
         let mut acked: Vec<Box<str>> = Vec::with_capacity(reply.names.len());
-        let mut snapshots: Vec<EntryRef> = Vec::new();
+        // What follows the ack, channel by channel, in request order.
+        let mut starts: Vec<(Box<str>, Resolved)> = Vec::new();
+        let mut positions: Vec<(Box<str>, u64, Box<str>)> = Vec::new();
         for (name, resolved) in reply.names.into_iter().zip(reply.channels) {
             match conn.subs.get(&name) {
                 Some(Sub::Pending) => {}
@@ -140,28 +148,27 @@ impl Worker {
                 // ack is held behind this one), but nothing is activated.
                 Some(Sub::Active(_)) | None => {
                     acked.push(name);
-                    returned.extend(resolved.map(|(id, _)| id));
+                    returned.extend(resolved.map(|r| r.id));
                     continue;
                 }
             }
             if !conn.auth().allows(&name) {
                 // Permissions changed while the request was in flight.
                 conn.subs.remove(&name);
-                returned.extend(resolved.map(|(id, _)| id));
+                returned.extend(resolved.map(|r| r.id));
                 forbidden.push(name);
                 continue;
             }
-            let Some((id, snapshot)) = resolved else {
+            let Some(r) = resolved else {
                 conn.subs.remove(&name);
                 refused.push(name);
                 continue;
             };
-            conn.subs.set(&name, Sub::Active(id));
-            acked.push(name);
-            index.add(id, slot);
-            if let Some(s) = snapshot {
-                snapshots.push(Entry::from_update(s));
-            }
+            conn.subs.set(&name, Sub::Active(r.id));
+            index.add(r.id, slot);
+            acked.push(name.clone());
+            positions.push((name.clone(), r.seq, r.epoch.clone()));
+            starts.push((name, r));
         }
         if !refused.is_empty() {
             let msg = format!(
@@ -183,11 +190,33 @@ impl Worker {
             stats.counters.client_errors += 1;
         }
         if !acked.is_empty() || (refused.is_empty() && forbidden.is_empty()) {
+            let p: Vec<(&str, u64, &str)> = positions
+                .iter()
+                .map(|(n, seq, e)| (&**n, *seq, &**e))
+                .collect();
             conn.out
-                .push_control(Entry::control(client::ack_frame(Ack::Subscribed, &acked)));
+                .push_control(Entry::control(client::subscribed_frame(&acked, &p)));
         }
-        for f in snapshots {
-            if conn.out.push_update(f, budget) == Pushed::Conflated {
+        for (name, r) in starts {
+            let snapshot = match r.start {
+                Start::Snapshot(s) => s,
+                Start::Replay(missed) => {
+                    stats.counters.replayed += missed.len() as u64;
+                    for u in missed {
+                        conn.out.push_replay(Entry::from_update(u));
+                    }
+                    None
+                }
+                Start::Resync { reason, snapshot } => {
+                    stats.counters.resyncs += 1;
+                    let f = client::resync_frame(&name, &r.epoch, reason);
+                    conn.out.push_control(Entry::control(f));
+                    snapshot
+                }
+            };
+            if let Some(s) = snapshot
+                && conn.out.push_update(Entry::from_update(s), budget) == Pushed::Conflated
+            {
                 stats.counters.conflated += 1;
             }
         }
