@@ -4,6 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tickwire::ingest::history::HistoryLimits;
 use tickwire::ingest::{LineParser, Sequencer, accept_line};
 use tickwire::protocol::frame;
 
@@ -22,6 +23,17 @@ fn bench(c: &mut Criterion) {
     g.bench_function("ingest_line_parse_sequence_build", |b| {
         let mut p = LineParser::default();
         let mut s = Sequencer::new(1000);
+        b.iter(|| black_box(accept_line(&mut p, &mut s, black_box(LINE), 0).unwrap()))
+    });
+    // The same with no history kept: what keeping 16 updates per channel
+    // costs the ingest thread.
+    g.bench_function("ingest_line_parse_sequence_build_no_history", |b| {
+        let mut p = LineParser::default();
+        let limits = HistoryLimits {
+            size: 0,
+            ..HistoryLimits::default()
+        };
+        let mut s = Sequencer::with_history(1000, limits);
         b.iter(|| black_box(accept_line(&mut p, &mut s, black_box(LINE), 0).unwrap()))
     });
     g.finish();

@@ -310,6 +310,17 @@ impl Sequencer {
             .filter(|c| !c.name.is_empty() && c.last.is_none())
             .count();
         debug_assert_eq!(unpublished, self.unpublished);
+        let entries: usize = self.channels.iter().map(|c| c.history.len()).sum();
+        if entries <= 4096 {
+            let kept: usize = self.channels.iter().map(|c| c.history.bytes()).sum();
+            debug_assert_eq!(kept, self.history_bytes, "history bytes drifted");
+        }
+        debug_assert!(
+            self.channels
+                .iter()
+                .all(|c| c.history.len() <= self.limits.size),
+            "a history past its size"
+        );
     }
 
     #[cfg(not(debug_assertions))]

@@ -3,8 +3,8 @@
 //! order), and the pages the admin thread rendered for this worker.
 
 use crate::channel::ChannelId;
-use crate::protocol::client::{self, Ack, ClientOp, ErrorCode};
 use crate::ingest::history::Start;
+use crate::protocol::client::{self, Ack, ClientOp, ErrorCode};
 use crate::ring::{Resolved, SubscribeReply};
 use crate::worker::Worker;
 use crate::worker::conflate::{Entry, Pushed};

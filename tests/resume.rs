@@ -1,0 +1,298 @@
+//! History and resume against the real engine: positions in the subscribe
+//! ack, an exact replay of what a client missed, resync (never a silent
+//! gap) when the position is too old or of another epoch (an engine
+//! restart), the replay/live seam under a fast feed, and the history's
+//! memory cap.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Client, Feed, Server, tick};
+use serde_json::{Value, json};
+
+/// Subscribes with an optional `since`; returns the ack.
+fn subscribe(c: &mut Client, ch: &str, since: Option<(u64, &str)>) -> Value {
+    let mut req = json!({"op":"subscribe","channels":[ch]});
+    if let Some((seq, epoch)) = since {
+        req["since"] = json!({ch: {"seq": seq, "epoch": epoch}});
+    }
+    c.send(&req);
+    let ack = c.recv();
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    ack
+}
+
+/// The (seq, epoch) the ack gives for `ch`.
+fn position(ack: &Value, ch: &str) -> (u64, String) {
+    let p = &ack["positions"][ch];
+    (
+        p["seq"].as_u64().unwrap_or_else(|| panic!("{ack}")),
+        p["epoch"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Reads updates of `ch` and returns their seqs until `last` is seen.
+fn seqs_until(c: &mut Client, ch: &str, last: u64) -> Vec<u64> {
+    let mut got = Vec::new();
+    loop {
+        let v = c.recv();
+        if v["type"] == "update" && v["ch"] == ch {
+            let s = v["seq"].as_u64().unwrap();
+            got.push(s);
+            if s >= last {
+                return got;
+            }
+        }
+    }
+}
+
+#[test]
+fn resume_within_history_replays_exactly_then_goes_live() {
+    let srv = Server::start(&["--history-size", "64"]);
+    let mut feed = Feed::connect(srv.ingest);
+    for i in 1..=5 {
+        feed.send(&tick("A", i));
+    }
+    srv.wait_metric(
+        "tickwire_ingest_messages_total",
+        |v| v >= 5.0,
+        Duration::from_secs(5),
+    );
+    let mut c = Client::connect(srv.listen);
+    let ack = subscribe(&mut c, "A", None);
+    let (seq, epoch) = position(&ack, "A");
+    assert_eq!(seq, 5, "{ack}");
+    assert_eq!(c.recv()["seq"], 5, "the snapshot follows the ack");
+    for i in 6..=10 {
+        feed.send(&tick("A", i));
+    }
+    assert_eq!(seqs_until(&mut c, "A", 10), (6..=10).collect::<Vec<_>>());
+    drop(c);
+    // Missed while away: 11..=30.
+    for i in 11..=30 {
+        feed.send(&tick("A", i));
+    }
+    srv.wait_metric(
+        "tickwire_ingest_messages_total",
+        |v| v >= 30.0,
+        Duration::from_secs(5),
+    );
+    let mut c = Client::connect(srv.listen);
+    let ack = subscribe(&mut c, "A", Some((10, &epoch)));
+    assert_eq!(position(&ack, "A"), (30, epoch.clone()));
+    let replay = seqs_until(&mut c, "A", 30);
+    assert_eq!(
+        replay,
+        (11..=30).collect::<Vec<_>>(),
+        "exactly what was missed"
+    );
+    feed.send(&tick("A", 31));
+    assert_eq!(c.recv()["seq"], 31, "then live, no gap, no duplicate");
+    // Up to date: nothing replayed, live follows.
+    let mut d = Client::connect(srv.listen);
+    subscribe(&mut d, "A", Some((31, &epoch)));
+    feed.send(&tick("A", 32));
+    assert_eq!(d.recv()["seq"], 32);
+    assert_eq!(srv.metric("tickwire_replayed_total"), 20.0);
+}
+
+#[test]
+fn resume_outside_history_or_from_another_epoch_is_a_resync() {
+    let mut srv = Server::start(&["--history-size", "8"]);
+    let mut feed = Feed::connect(srv.ingest);
+    for i in 1..=50 {
+        feed.send(&tick("B", i));
+    }
+    srv.wait_metric(
+        "tickwire_ingest_messages_total",
+        |v| v >= 50.0,
+        Duration::from_secs(5),
+    );
+    let mut c = Client::connect(srv.listen);
+    let ack = subscribe(&mut c, "B", None);
+    let (_, epoch) = position(&ack, "B");
+    let _snapshot = c.recv();
+    // Seq 10 is long gone (8 kept: 43..=50).
+    let mut r = Client::connect(srv.listen);
+    subscribe(&mut r, "B", Some((10, &epoch)));
+    let v = r.recv();
+    assert_eq!(v["type"], "resync", "{v}");
+    assert_eq!(v["ch"], "B");
+    assert_eq!(v["epoch"], epoch.as_str());
+    assert!(v["reason"].as_str().unwrap().contains("older"), "{v}");
+    assert_eq!(r.recv()["seq"], 50, "then the snapshot");
+    // 42 is the newest that still resumes (43 is kept).
+    let mut ok = Client::connect(srv.listen);
+    subscribe(&mut ok, "B", Some((42, &epoch)));
+    assert_eq!(seqs_until(&mut ok, "B", 50), (43..=50).collect::<Vec<_>>());
+    // Another epoch.
+    let mut e = Client::connect(srv.listen);
+    subscribe(&mut e, "B", Some((49, "0000000000000000-1")));
+    let v = e.recv();
+    assert_eq!(v["type"], "resync", "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("epoch"), "{v}");
+    assert_eq!(e.recv()["seq"], 50);
+    assert_eq!(srv.metric("tickwire_resyncs_total"), 2.0);
+
+    // An engine restart starts new epochs: the old position resyncs.
+    srv.signal(libc::SIGINT);
+    srv.wait_exit(Duration::from_secs(10)).expect("exit");
+    let srv2 = Server::start(&[]);
+    let mut feed = Feed::connect(srv2.ingest);
+    for i in 1..=3 {
+        feed.send(&tick("B", i));
+    }
+    srv2.wait_metric(
+        "tickwire_ingest_messages_total",
+        |v| v >= 3.0,
+        Duration::from_secs(5),
+    );
+    let mut c = Client::connect(srv2.listen);
+    let ack = subscribe(&mut c, "B", Some((2, &epoch)));
+    let (seq, new_epoch) = position(&ack, "B");
+    assert_eq!(seq, 3);
+    assert_ne!(new_epoch, epoch, "a restart changes the epoch");
+    let v = c.recv();
+    assert_eq!(v["type"], "resync", "{v}");
+    assert_eq!(v["epoch"], new_epoch.as_str());
+    assert_eq!(c.recv()["seq"], 3);
+}
+
+#[test]
+fn resume_seam_under_a_fast_feed_has_no_gap_and_no_duplicate() {
+    let srv = Server::start(&common::one_host(&[
+        "--history-size",
+        "100000",
+        "--history-memory-max",
+        "64MiB",
+        "--conflate-on-block",
+        "false",
+    ]));
+    let ingest = srv.ingest;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeding = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut feed = Feed::connect(ingest);
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut batch = String::new();
+                for _ in 0..20 {
+                    i += 1;
+                    batch.push_str(&tick("R", i));
+                    batch.push('\n');
+                }
+                feed.send_raw(batch.as_bytes());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            i
+        })
+    };
+    let mut first = Client::connect(srv.listen);
+    let ack = subscribe(&mut first, "R", None);
+    let (_, epoch) = position(&ack, "R");
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let workers: Vec<_> = (0..16)
+        .map(|k| {
+            let epoch = epoch.clone();
+            let listen = srv.listen;
+            std::thread::spawn(move || {
+                // Each client: live for a while, away, resumes; three times.
+                let mut c = Client::connect(listen);
+                let ack = subscribe(&mut c, "R", None);
+                let (p, e) = position(&ack, "R");
+                assert_eq!(e, epoch);
+                // The snapshot (seq p) first, then every later seq.
+                let mut want = p.max(1);
+                for round in 0..4 {
+                    let until = want + 150 + 37 * k as u64;
+                    while want <= until {
+                        assert!(Instant::now() < deadline, "client {k} timed out");
+                        let v = c.recv();
+                        assert_eq!(v["type"], "update", "client {k} round {round}: {v}");
+                        assert_eq!(
+                            v["seq"].as_u64().unwrap(),
+                            want,
+                            "client {k} round {round}: {v}"
+                        );
+                        want += 1;
+                    }
+                    if round == 3 {
+                        break;
+                    }
+                    drop(c);
+                    std::thread::sleep(Duration::from_millis(20 + 7 * k as u64));
+                    c = Client::connect(listen);
+                    let ack = subscribe(&mut c, "R", Some((want - 1, &epoch)));
+                    assert!(ack["positions"]["R"]["seq"].as_u64().unwrap() >= want - 1);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join()
+            .expect("a resuming client saw a gap or a duplicate");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = feeding.join().unwrap();
+    eprintln!(
+        "{sent} ticks fed, {} updates replayed",
+        srv.metric("tickwire_replayed_total")
+    );
+    assert_eq!(srv.metric("tickwire_resyncs_total"), 0.0);
+    assert!(srv.metric("tickwire_replayed_total") > 0.0);
+}
+
+#[test]
+fn history_memory_stays_under_its_cap() {
+    let srv = Server::start(&["--history-size", "100000", "--history-memory-max", "2MiB"]);
+    let rss0 = srv.rss_kib();
+    let mut feed = Feed::connect(srv.ingest);
+    let pad = "p".repeat(4000);
+    let mut n = 0u64;
+    // About 40 MB of updates over 20 channels.
+    for i in 1..=500u64 {
+        let mut batch = String::new();
+        for ch in 0..20 {
+            n += 1;
+            batch.push_str(&format!(r#"{{"ch":"H{ch}","i":{i},"pad":"{pad}"}}"#));
+            batch.push('\n');
+        }
+        feed.send_raw(batch.as_bytes());
+    }
+    srv.wait_metric(
+        "tickwire_ingest_messages_total",
+        |v| v >= n as f64,
+        Duration::from_secs(30),
+    );
+    let kept = srv.metric("tickwire_history_bytes");
+    let rss = srv.rss_kib();
+    eprintln!("history {kept} bytes kept of {n} updates; RSS {rss0} -> {rss} KiB");
+    assert!(
+        kept <= (2 << 20) as f64,
+        "history {kept} bytes past the 2 MiB cap"
+    );
+    assert!(
+        kept >= (1 << 20) as f64,
+        "the cap is used, not emptied: {kept}"
+    );
+    // The cap, the last values (20 × 4 KB) and the engine: far below the
+    // 40 MB fed.
+    assert!(rss < rss0 + 16 * 1024, "RSS {rss0} -> {rss} KiB");
+    // An evicted position resyncs; a kept one resumes.
+    let mut c = Client::connect(srv.listen);
+    let ack = subscribe(&mut c, "H3", Some((1, "x")));
+    let (seq, epoch) = position(&ack, "H3");
+    assert_eq!(seq, 500);
+    assert_eq!(c.recv()["type"], "resync");
+    let _ = c.recv();
+    let mut d = Client::connect(srv.listen);
+    subscribe(&mut d, "H3", Some((1, &epoch)));
+    assert_eq!(d.recv()["type"], "resync", "seq 1 was evicted");
+    let _ = d.recv();
+    let mut e = Client::connect(srv.listen);
+    subscribe(&mut e, "H3", Some((498, &epoch)));
+    assert_eq!(seqs_until(&mut e, "H3", 500), vec![499, 500]);
+}
