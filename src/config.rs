@@ -131,6 +131,9 @@ pub struct Config {
     pub history_ttl: Duration,
     /// History bytes over all channels.
     pub history_memory_max: usize,
+    /// Channel classes from the file's `[[classes]]`, first match wins; the
+    /// rest are the default class (conflating, `history_size`/`history_ttl`).
+    pub classes: Vec<ChannelClass>,
     /// Where `/metrics` is served instead of the listen port.
     pub admin_listen: Option<SocketAddr>,
     /// WebSocket connections per client address; 0: no limit.
@@ -181,6 +184,7 @@ impl Default for Config {
             history_size: 16,
             history_ttl: Duration::from_secs(60),
             history_memory_max: 256 << 20,
+            classes: Vec::new(),
             admin_listen: None,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             new_connections_per_ip_per_second: DEFAULT_NEW_CONNECTIONS_PER_IP_PER_SECOND,
@@ -408,6 +412,7 @@ struct FileConfig {
     history_size: Option<usize>,
     history_ttl: Option<DurationValue>,
     history_memory_max: Option<SizeValue>,
+    classes: Option<Vec<ClassValue>>,
     admin_listen: Option<SocketAddr>,
     max_connections_per_ip: Option<usize>,
     new_connections_per_ip_per_second: Option<u32>,
@@ -415,6 +420,50 @@ struct FileConfig {
     allowed_origins: Option<Vec<String>>,
     max_feed_connections: Option<usize>,
     trusted_proxies: Option<Vec<String>>,
+}
+
+/// A channel class: which channels (an exact name or a trailing-`*`
+/// prefix), whether their updates conflate, and their history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelClass {
+    /// Its name (metrics labels).
+    pub name: String,
+    /// Exact name, or prefix when it ends in `*`.
+    pub pattern: String,
+    /// Conflate for slow consumers (market data); false: never, a client
+    /// that falls a budget behind is closed and resumes from history.
+    pub conflate: bool,
+    /// Updates of history per channel.
+    pub history_size: usize,
+    /// Oldest history replayed.
+    pub history_ttl: Duration,
+}
+
+impl ChannelClass {
+    /// Whether `channel` belongs to this class.
+    pub fn matches(&self, channel: &str) -> bool {
+        match self.pattern.strip_suffix('*') {
+            Some(prefix) => channel.starts_with(prefix),
+            None => channel == self.pattern,
+        }
+    }
+}
+
+/// Notification classes keep more history than market data: a missed
+/// notification matters for minutes, a missed quote only until the next.
+pub const NOTIFICATION_HISTORY_SIZE: usize = 256;
+/// See [`NOTIFICATION_HISTORY_SIZE`].
+pub const NOTIFICATION_HISTORY_TTL: Duration = Duration::from_secs(300);
+
+/// `[[classes]]` in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassValue {
+    name: String,
+    pattern: String,
+    conflate: Option<bool>,
+    history_size: Option<usize>,
+    history_ttl: Option<DurationValue>,
 }
 
 /// A duration: seconds as a number, or a string like "15s" or "500ms".
@@ -645,6 +694,44 @@ impl Config {
         set!(history_size);
         set!(history_ttl, duration_of);
         set!(history_memory_max, size_of);
+        for (i, v) in file.classes.unwrap_or_default().into_iter().enumerate() {
+            let invalid = |message: String| ConfigError::Invalid {
+                key: "classes",
+                message: format!("entry {} ({:?}): {message}", i + 1, v.name),
+            };
+            let body = v.pattern.strip_suffix('*').unwrap_or(&v.pattern);
+            if v.name.is_empty()
+                || !v
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(invalid("name must be letters, digits, _ or -".into()));
+            }
+            if !body.is_empty() && !crate::channel::is_valid(body.as_bytes()) {
+                return Err(invalid(format!(
+                    "pattern {:?} is not a channel name or a prefix ending in *",
+                    v.pattern
+                )));
+            }
+            let conflate = v.conflate.unwrap_or(true);
+            let (size, ttl) = if conflate {
+                (c.history_size, c.history_ttl)
+            } else {
+                (NOTIFICATION_HISTORY_SIZE, NOTIFICATION_HISTORY_TTL)
+            };
+            let history_ttl = match v.history_ttl {
+                Some(t) => duration_of("classes.history_ttl", t)?,
+                None => ttl,
+            };
+            c.classes.push(ChannelClass {
+                name: v.name,
+                pattern: v.pattern,
+                conflate,
+                history_size: v.history_size.unwrap_or(size),
+                history_ttl,
+            });
+        }
         set!(allowed_origins);
         c.admin_listen = cli.admin_listen.or(file.admin_listen);
         c.ingest_tls = cli.ingest_tls || file.ingest_tls.unwrap_or(false);
@@ -836,6 +923,17 @@ impl Config {
         }
         if self.history_size > 1 << 20 {
             return bad("history_size", "must be at most 1048576");
+        }
+        if self.classes.len() > 1000 {
+            return bad("classes", "at most 1000 classes");
+        }
+        for c in &self.classes {
+            if c.history_size > 1 << 20 || c.history_ttl > MAX_TIMER {
+                return bad(
+                    "classes",
+                    "history_size must be at most 1048576 and history_ttl at most 7 days",
+                );
+            }
         }
         if self.max_feed_connections == 0 {
             return bad("max_feed_connections", "must be at least 1");

@@ -80,6 +80,8 @@ pub mod names {
     pub const REPLAYED_TOTAL: &str = "tickwire_replayed_total";
     /// `tickwire_resyncs_total`.
     pub const RESYNCS_TOTAL: &str = "tickwire_resyncs_total";
+    /// `tickwire_class_channels{class}`.
+    pub const CLASS_CHANNELS: &str = "tickwire_class_channels";
     /// `tickwire_history_bytes`.
     pub const HISTORY_BYTES: &str = "tickwire_history_bytes";
     /// `tickwire_auth_failures_total{reason}`.
@@ -231,6 +233,8 @@ pub struct IngestStats {
     pub channels: AtomicU64,
     /// History bytes kept over all channels.
     pub history_bytes: AtomicU64,
+    /// Channels per class, in class order.
+    pub class_channels: Box<[AtomicU64]>,
     /// Times a worker ring was full and ingest waited (backpressure).
     pub ring_full_waits: AtomicU64,
     /// Ingest loop turns.
@@ -246,17 +250,29 @@ pub struct Metrics {
     pub ingest: CachePadded<IngestStats>,
     /// Refused tokens and limit hits (any thread).
     pub refusals: CachePadded<crate::limits::Refusals>,
+    /// Channel class names, in class order (the default class last).
+    classes: Vec<String>,
     latency: Box<[Mutex<Histogram<u64>>]>,
 }
 
 impl Metrics {
     /// Metrics for `workers` workers.
     pub fn new(workers: usize) -> Self {
+        Self::with_classes(workers, vec!["default".into()])
+    }
+
+    /// Metrics for `workers` workers and these channel classes.
+    pub fn with_classes(workers: usize, classes: Vec<String>) -> Self {
+        let ingest = IngestStats {
+            class_channels: classes.iter().map(|_| AtomicU64::new(0)).collect(),
+            ..IngestStats::default()
+        };
         Metrics {
+            classes,
             workers: (0..workers)
                 .map(|_| CachePadded::new(WorkerStats::default()))
                 .collect(),
-            ingest: CachePadded::new(IngestStats::default()),
+            ingest: CachePadded::new(ingest),
             refusals: CachePadded::new(crate::limits::Refusals::default()),
             latency: (0..workers)
                 .map(|_| Mutex::new(latency_histogram()))
@@ -484,6 +500,15 @@ impl Metrics {
                 reason.label(),
                 i.rejects[reason.index()].load(r)
             );
+        }
+        let name = names::CLASS_CHANNELS;
+        let _ = writeln!(
+            o,
+            "# HELP {name} Channels known, by channel class.\n# TYPE {name} gauge"
+        );
+        for (k, class) in self.classes.iter().enumerate() {
+            let n = i.class_channels.get(k).map_or(0, |a| a.load(r));
+            let _ = writeln!(o, "{name}{{class=\"{class}\"}} {n}");
         }
         let name = names::AUTH_FAILURES_TOTAL;
         let _ = writeln!(

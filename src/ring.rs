@@ -52,6 +52,9 @@ pub struct Resolved {
     pub seq: u64,
     /// The stream's epoch.
     pub epoch: Box<str>,
+    /// Whether its updates conflate for a slow consumer (else the consumer
+    /// is closed past its budget and resumes from history).
+    pub conflate: bool,
 }
 
 /// A message from the ingest thread to a worker. Ordered: a reply queued after

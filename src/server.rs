@@ -128,7 +128,9 @@ impl Engine {
             None => None,
         };
 
-        let metrics = Arc::new(Metrics::new(n));
+        let mut class_names: Vec<String> = config.classes.iter().map(|c| c.name.clone()).collect();
+        class_names.push("default".into());
+        let metrics = Arc::new(Metrics::with_classes(n, class_names));
         let shutdown = Arc::new(AtomicBool::new(false));
         let open_connections = Arc::new(AtomicUsize::new(0));
         let ips = Arc::new(crate::limits::IpTable::new(
@@ -209,6 +211,16 @@ impl Engine {
             max_channels: config.max_channels,
             token: config.ingest_token.clone(),
             max_feeds: config.max_feed_connections,
+            classes: config
+                .classes
+                .iter()
+                .map(|c| crate::ingest::history::ClassRule {
+                    pattern: c.pattern.as_str().into(),
+                    size: c.history_size,
+                    ttl_ns: c.history_ttl.as_nanos() as u64,
+                    conflate: c.conflate,
+                })
+                .collect(),
             history: crate::ingest::history::HistoryLimits {
                 size: config.history_size,
                 ttl_ns: config.history_ttl.as_nanos() as u64,

@@ -296,3 +296,81 @@ fn history_memory_stays_under_its_cap() {
     subscribe(&mut e, "H3", Some((498, &epoch)));
     assert_eq!(seqs_until(&mut e, "H3", 500), vec![499, 500]);
 }
+
+#[test]
+fn notification_class_never_conflates_cuts_a_slow_consumer_who_then_resumes() {
+    let dir = std::env::temp_dir().join(format!("tickwire-classes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("classes.toml");
+    std::fs::write(
+        &cfg,
+        "[[classes]]\nname = \"notify\"\npattern = \"user.*\"\nconflate = false\n",
+    )
+    .unwrap();
+    let srv = Server::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--outbound-budget",
+        "64KiB",
+        "--workers",
+        "1",
+    ]);
+    let mut fast = Client::connect(srv.listen);
+    let ack = subscribe(&mut fast, "user.1", None);
+    let (_, epoch) = position(&ack, "user.1");
+    // A consumer that stops reading, with a small receive buffer.
+    let mut slow = common::RawWs::connect_with_rcvbuf(srv.listen, 4096);
+    slow.send_frame(0x81, br#"{"op":"subscribe","channels":["user.1"]}"#, true);
+    let (_, ack) = slow.read_frame().unwrap();
+    assert!(ack.starts_with(br#"{"type":"subscribed""#));
+    const N: u64 = 400;
+    // The reader reads as they come and gets every notification, in order.
+    let reader = std::thread::spawn(move || seqs_until(&mut fast, "user.1", N));
+    let mut feed = Feed::connect(srv.ingest);
+    let pad = "n".repeat(1000);
+    for i in 1..=N {
+        feed.send(&format!(r#"{{"ch":"user.1","i":{i},"pad":"{pad}"}}"#));
+        if i % 20 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    assert_eq!(reader.join().unwrap(), (1..=N).collect::<Vec<_>>());
+    // The slow one: what it got is gap-free, then close 1008.
+    let mut last = 0;
+    let close = loop {
+        let (op, payload) = slow.read_frame().expect("a frame before the close");
+        match op {
+            0x1 => {
+                let v: Value = serde_json::from_slice(&payload).unwrap();
+                let s = v["seq"].as_u64().unwrap();
+                assert_eq!(s, last + 1, "a notification was skipped: {v}");
+                last = s;
+            }
+            0x8 => break payload,
+            _ => {}
+        }
+    };
+    let code = u16::from_be_bytes([close[0], close[1]]);
+    let reason = String::from_utf8_lossy(&close[2..]).to_string();
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.starts_with("slow consumer"), "{reason}");
+    assert!(last < N, "it was cut before the end ({last})");
+    assert_eq!(
+        srv.metric("tickwire_conflated_total"),
+        0.0,
+        "never conflated"
+    );
+    assert_eq!(
+        srv.metric_label("tickwire_class_channels", "class=\"notify\""),
+        1.0
+    );
+    // It resumes from history (notifications keep 256) with nothing lost.
+    let mut again = Client::connect(srv.listen);
+    let from = last.max(N - 256);
+    subscribe(&mut again, "user.1", Some((from, &epoch)));
+    assert_eq!(
+        seqs_until(&mut again, "user.1", N),
+        (from + 1..=N).collect::<Vec<_>>()
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -33,6 +33,30 @@ impl Default for HistoryLimits {
     }
 }
 
+/// A channel class as the sequencer applies it: which channels, their
+/// history, and whether their updates conflate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassRule {
+    /// Exact name, or prefix when it ends in `*`.
+    pub pattern: Box<str>,
+    /// Updates kept per channel.
+    pub size: usize,
+    /// Oldest kept, ns (0: no age limit).
+    pub ttl_ns: u64,
+    /// Conflates for slow consumers.
+    pub conflate: bool,
+}
+
+impl ClassRule {
+    /// Whether `channel` belongs to it.
+    pub fn matches(&self, channel: &str) -> bool {
+        match self.pattern.strip_suffix('*') {
+            Some(prefix) => channel.starts_with(prefix),
+            None => channel == &*self.pattern,
+        }
+    }
+}
+
 /// Where a client is in a channel's stream: the last seq it has, and the
 /// epoch that seq belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,14 +97,14 @@ fn cost(u: &Update) -> usize {
 impl History {
     /// Appends `u`, then drops what is past the count or the age; returns
     /// the bytes added minus the bytes dropped (for the engine's total).
-    pub fn push(&mut self, u: Update, limits: &HistoryLimits) -> isize {
+    pub fn push(&mut self, u: Update, size: usize, ttl_ns: u64) -> isize {
         let mut delta = cost(&u) as isize;
         let now = u.ingest_ns;
         self.entries.push_back(u);
-        while self.entries.len() > limits.size {
+        while self.entries.len() > size {
             delta -= self.pop_oldest() as isize;
         }
-        delta -= self.expire(now, limits.ttl_ns) as isize;
+        delta -= self.expire(now, ttl_ns) as isize;
         delta
     }
 
@@ -217,7 +241,7 @@ mod tests {
         let mut h = History::default();
         let mut bytes = 0isize;
         for seq in 1..=6 {
-            bytes += h.push(u(seq, seq * 10), &limits);
+            bytes += h.push(u(seq, seq * 10), limits.size, limits.ttl_ns);
         }
         assert_eq!(h.len(), 4);
         assert_eq!(bytes as usize, h.bytes());

@@ -144,6 +144,8 @@ pub struct IngestParts {
     pub tls: Option<crate::tls::SharedConfig>,
     /// History kept for resuming subscribers.
     pub history: history::HistoryLimits,
+    /// Channel classes (first match wins).
+    pub classes: Vec<history::ClassRule>,
 }
 
 /// The token the ingest Poll's waker must use.
@@ -167,7 +169,7 @@ impl Ingest {
             accept_retry: false,
             accept_failing: false,
             parser: LineParser::default(),
-            sequencer: Sequencer::with_history(p.max_channels, p.history),
+            sequencer: Sequencer::with_classes(p.max_channels, p.history, p.classes),
             to_workers: p.to_workers,
             worker_bells: p.worker_bells,
             pushed_bytes: vec![0; p.ring_bytes.len()],
@@ -675,6 +677,7 @@ impl Ingest {
                             start,
                             seq,
                             epoch,
+                            conflate: self.sequencer.conflates(id),
                         })
                     })
                     .collect();
@@ -702,6 +705,11 @@ impl Ingest {
         i.channels.store(self.sequencer.channel_count() as u64, r);
         i.history_bytes
             .store(self.sequencer.history_bytes() as u64, r);
+        for (k, n) in self.sequencer.class_channels().iter().enumerate() {
+            if let Some(a) = i.class_channels.get(k) {
+                a.store(*n, r);
+            }
+        }
         i.ring_full_waits.store(self.ring_full_waits, r);
         i.loop_turns.store(self.loop_turns, r);
     }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use crate::channel::{self, ChannelId};
-use crate::ingest::history::{self, History, HistoryLimits, Position, Start};
+use crate::ingest::history::{self, ClassRule, History, HistoryLimits, Position, Start};
 use crate::ingest::line::{LineParser, Reject};
 use crate::update::Update;
 
@@ -23,6 +23,8 @@ struct ChannelState {
     history: History,
     /// Which use of this slot the channel is (part of its epoch).
     incarnation: u64,
+    /// Index in the sequencer's classes.
+    class: u16,
 }
 
 /// Channel table and sequencing.
@@ -37,6 +39,10 @@ pub struct Sequencer {
     /// Slots of forgotten channels, reused before the table grows.
     free: Vec<ChannelId>,
     limits: HistoryLimits,
+    /// The configured classes, then the default one (from `limits`).
+    classes: Vec<ClassRule>,
+    /// Channels per class.
+    class_channels: Vec<u64>,
     /// New at every start: a seq of an earlier run is never resumed.
     engine_epoch: u64,
     /// Channels created so far (each gets the next incarnation).
@@ -64,7 +70,26 @@ impl Sequencer {
 
     /// A sequencer keeping `limits` of history.
     pub fn with_history(max_channels: usize, limits: HistoryLimits) -> Self {
+        Self::with_classes(max_channels, limits, Vec::new())
+    }
+
+    /// A sequencer with channel classes (first match wins; the rest are a
+    /// conflating class with `limits`' history).
+    pub fn with_classes(
+        max_channels: usize,
+        limits: HistoryLimits,
+        mut classes: Vec<ClassRule>,
+    ) -> Self {
+        classes.push(ClassRule {
+            pattern: "*".into(),
+            size: limits.size,
+            ttl_ns: limits.ttl_ns,
+            conflate: true,
+        });
+        let n = classes.len();
         Sequencer {
+            classes,
+            class_channels: vec![0; n],
             by_name: HashMap::new(),
             channels: Vec::new(),
             max_channels,
@@ -81,6 +106,16 @@ impl Sequencer {
     /// History bytes kept over all channels.
     pub fn history_bytes(&self) -> usize {
         self.history_bytes
+    }
+
+    /// Channels per class, in class order (the default class last).
+    pub fn class_channels(&self) -> &[u64] {
+        &self.class_channels
+    }
+
+    /// Whether the channel's updates conflate for slow consumers.
+    pub fn conflates(&self, id: ChannelId) -> bool {
+        self.classes[self.channels[id.index()].class as usize].conflate
     }
 
     /// The epoch of a channel's stream.
@@ -107,7 +142,7 @@ impl Sequencer {
                 state.seq,
                 state.last.as_ref(),
                 now_ns,
-                self.limits.ttl_ns,
+                self.classes[state.class as usize].ttl_ns,
             ),
         };
         (start, state.seq, epoch)
@@ -197,7 +232,8 @@ impl Sequencer {
             frame: crate::protocol::frame::update(state.name.as_bytes(), state.seq, payload),
         };
         state.last = Some(update.clone());
-        let delta = state.history.push(update.clone(), &self.limits);
+        let class = &self.classes[state.class as usize];
+        let delta = state.history.push(update.clone(), class.size, class.ttl_ns);
         self.history_bytes = (self.history_bytes as isize + delta) as usize;
         self.enforce_history_cap(id);
         self.check_channel(id);
@@ -211,7 +247,14 @@ impl Sequencer {
 
     fn create(&mut self, name: &str) -> ChannelId {
         self.created += 1;
+        let class = self
+            .classes
+            .iter()
+            .position(|c| c.matches(name))
+            .unwrap_or(self.classes.len() - 1);
+        self.class_channels[class] += 1;
         let state = ChannelState {
+            class: class as u16,
             name: name.into(),
             seq: 0,
             last: None,
@@ -250,6 +293,7 @@ impl Sequencer {
         if state.refs == 0 && state.last.is_none() && !state.name.is_empty() {
             self.by_name.remove(state.name.as_bytes());
             state.name = Box::default();
+            self.class_channels[state.class as usize] -= 1;
             self.free.push(id);
             self.unpublished -= 1;
         }
@@ -318,7 +362,7 @@ impl Sequencer {
         debug_assert!(
             self.channels
                 .iter()
-                .all(|c| c.history.len() <= self.limits.size),
+                .all(|c| c.history.len() <= self.classes[c.class as usize].size),
             "a history past its size"
         );
     }

@@ -11,6 +11,7 @@ use crate::worker::Worker;
 use crate::worker::coalesce::Coalescer;
 use crate::worker::conflate::{EntryRef, Pushed};
 use crate::worker::output;
+use crate::worker::timers;
 
 /// Ring messages handled per turn before sockets are written: bounds how long
 /// a burst can delay the first write.
@@ -159,6 +160,39 @@ impl Worker {
         for slot in std::mem::take(&mut self.dead) {
             self.close(slot);
         }
+        for slot in std::mem::take(&mut self.slow) {
+            self.cut_slow_consumer(slot);
+        }
+    }
+
+    /// A consumer of a class that never conflates fell a budget behind:
+    /// closed 1008 so it reconnects and resumes from history, instead of
+    /// silently skipping a notification.
+    fn cut_slow_consumer(&mut self, slot: u32) {
+        let budget = self.config.outbound_budget;
+        let Worker {
+            conns,
+            index,
+            link,
+            dirty,
+            stats,
+            now_ms,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(slot as usize) else {
+            return;
+        };
+        if conn.phase.is_ending() {
+            return;
+        }
+        stats.counters.slow_consumer_closes += 1;
+        let reason = format!(
+            "slow consumer: more than {} KiB of updates waited on a channel that never conflates; resume with since",
+            budget / 1024
+        );
+        timers::cut(conn, index, link, *now_ms, &reason);
+        conn.write_blocked = false;
+        dirty.mark(conn, slot);
     }
 
     fn fan_out_coalesced(&mut self) {
@@ -177,6 +211,11 @@ impl Worker {
     fn fan_out(&mut self, f: EntryRef) {
         let budget = self.config.outbound_budget;
         let on_block = self.config.conflate_on_block;
+        let keep = self
+            .keep_all
+            .get(f.channel.index())
+            .copied()
+            .unwrap_or(false);
         let Worker {
             index,
             conns,
@@ -184,6 +223,7 @@ impl Worker {
             dirty,
             dead,
             now_ms,
+            slow,
             ..
         } = self;
         for &slot in index.subscribers(f.channel) {
@@ -198,7 +238,17 @@ impl Worker {
                 conn.write_blocked = true;
                 dead.push(slot);
             }
-            if conn.out.push_update(Rc::clone(&f), budget) == Pushed::Conflated {
+            if keep {
+                // Never conflated: a consumer a budget behind is closed
+                // (after the drain) and resumes from history.
+                if conn.out.queued_bytes() + f.bytes.len() > budget {
+                    if !conn.phase.is_ending() {
+                        slow.push(slot);
+                    }
+                } else {
+                    conn.out.push_replay(Rc::clone(&f));
+                }
+            } else if conn.out.push_update(Rc::clone(&f), budget) == Pushed::Conflated {
                 stats.counters.conflated += 1;
             }
             dirty.mark(conn, slot);

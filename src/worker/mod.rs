@@ -132,6 +132,8 @@ pub struct Worker {
     read_retry: Vec<u32>,
     /// Connections found dead while fanning out, closed after it.
     dead: Vec<u32>,
+    /// Consumers of never-conflating channels a budget behind, cut after it.
+    slow: Vec<u32>,
     /// One socket read's worth, shared by all connections.
     scratch: Box<[u8]>,
     bell: Arc<Doorbell>,
@@ -139,6 +141,9 @@ pub struct Worker {
     state: RunState,
     open_connections: Arc<AtomicUsize>,
     ips: Arc<crate::limits::IpTable>,
+    /// By channel index: its class never conflates (notifications): a
+    /// consumer a budget behind is closed instead, and resumes.
+    keep_all: Vec<bool>,
     next_generation: u32,
     now_ms: u64,
     epoch: Instant,
@@ -184,12 +189,14 @@ impl Worker {
             events: Vec::new(),
             read_retry: Vec::new(),
             dead: Vec::new(),
+            slow: Vec::new(),
             scratch: vec![0; input::READ_SCRATCH].into_boxed_slice(),
             bell: p.bell,
             shutdown: p.shutdown,
             state: RunState::Serving,
             open_connections: p.open_connections,
             ips: p.ips,
+            keep_all: Vec::new(),
             next_generation: 0,
             now_ms: 0,
             epoch: clock::epoch(),

@@ -128,6 +128,7 @@ impl Worker {
             link,
             stats,
             dirty,
+            keep_all,
             ..
         } = self;
         let conn = &mut conns[slot as usize];
@@ -166,6 +167,11 @@ impl Worker {
             };
             conn.subs.set(&name, Sub::Active(r.id));
             index.add(r.id, slot);
+            let k = r.id.index();
+            if keep_all.len() <= k {
+                keep_all.resize(k + 1, false);
+            }
+            keep_all[k] = !r.conflate;
             acked.push(name.clone());
             positions.push((name.clone(), r.seq, r.epoch.clone()));
             starts.push((name, r));
