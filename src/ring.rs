@@ -65,6 +65,8 @@ pub enum ToWorker {
     Update(Update),
     /// Ids and snapshots for a subscribe request (boxed: rare and large).
     Subscribed(Box<SubscribeReply>),
+    /// A finished `/api/history` response for a connection.
+    Page(ConnKey, bytes::Bytes),
 }
 
 /// A message from a worker to the ingest thread.
@@ -80,6 +82,15 @@ pub enum ToIngest {
         names: Vec<Box<str>>,
         /// Per name (or empty): the position to resume from.
         since: Vec<Option<crate::ingest::history::Position>>,
+    },
+    /// A channel's stored updates for `/api/history`.
+    History {
+        /// Which worker asks.
+        worker: usize,
+        /// For which connection.
+        conn: ConnKey,
+        /// The query.
+        query: Box<crate::protocol::http::HistoryQuery>,
     },
     /// Gives back one reference per id: each id a subscribe reply carried is
     /// a reference the worker holds until the subscription ends (or at once,

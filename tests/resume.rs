@@ -374,3 +374,97 @@ fn notification_class_never_conflates_cuts_a_slow_consumer_who_then_resumes() {
     );
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[test]
+fn history_api_serves_stored_updates_with_the_position_rules() {
+    let srv = Server::start(&["--history-size", "20"]);
+    let mut feed = Feed::connect(srv.ingest);
+    for i in 1..=30 {
+        feed.send(&tick("A", i));
+    }
+    srv.wait_metric(
+        "tickwire_ingest_messages_total",
+        |v| v >= 30.0,
+        Duration::from_secs(5),
+    );
+    let get = |q: &str| {
+        let (code, body) = common::http_request(
+            srv.listen,
+            &format!("GET /api/history?{q} HTTP/1.1\r\n\r\n"),
+        );
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        (code, v, body)
+    };
+    let seqs = |v: &Value| -> Vec<u64> {
+        v["updates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let (code, v, _) = get("ch=A&since=20&limit=5");
+    assert_eq!(code, 200);
+    assert_eq!(seqs(&v), vec![21, 22, 23, 24, 25]);
+    assert_eq!(v["seq"], 30);
+    assert!(v.get("resync").is_none(), "{v}");
+    let epoch = v["epoch"].as_str().unwrap().to_string();
+    // The update objects are the WebSocket ones, data verbatim.
+    assert_eq!(v["updates"][0]["data"]["i"], 21);
+    let (_, v, _) = get(&format!("ch=A&since=25&epoch={epoch}"));
+    assert_eq!(seqs(&v), vec![26, 27, 28, 29, 30]);
+    // Older than the 20 kept (11..=30): a resync and what is kept.
+    let (_, v, _) = get("ch=A&since=3");
+    assert_eq!(v["resync"], "position is older than the history");
+    assert_eq!(seqs(&v), (11..=30).collect::<Vec<_>>());
+    let (_, v, _) = get("ch=A&since=29&epoch=0000000000000000-9");
+    assert!(v["resync"].as_str().unwrap().contains("epoch"), "{v}");
+    assert_eq!(seqs(&v).len(), 20);
+    let (code, v, _) = get("ch=A&since=30");
+    assert_eq!((code, seqs(&v).len()), (200, 0), "up to date: {v}");
+    assert!(v.get("resync").is_none());
+    let (code, _, body) = get("ch=NOPE");
+    assert_eq!(
+        (code, body.as_str()),
+        (404, r#"{"error":"unknown channel"}"#)
+    );
+    for bad in [
+        "since=1",
+        "ch=a%20b",
+        "ch=A&since=x",
+        "ch=A&limit=0",
+        "ch=A&limit=5000",
+    ] {
+        assert_eq!(get(bad).0, 400, "{bad}");
+    }
+
+    // With authentication: a token, and a channel it allows.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tickwire"));
+    cmd.args(["--listen", "127.0.0.1:0", "--ingest", "127.0.0.1:0"])
+        .env("TICKWIRE_JWT_SECRET", "history-secret");
+    let auth = Server::spawn_ready(cmd);
+    let mut feed = Feed::connect(auth.ingest);
+    feed.send(&tick("user.7", 1));
+    feed.send(&tick("user.8", 1));
+    std::thread::sleep(Duration::from_millis(200));
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub":"7","exp": 4_000_000_000u64,"channels":["user.{sub}"]}),
+        &jsonwebtoken::EncodingKey::from_secret(b"history-secret").unwrap(),
+    )
+    .unwrap();
+    let req = |path: &str, bearer: bool| {
+        let h = if bearer {
+            format!("Authorization: Bearer {token}\r\n")
+        } else {
+            String::new()
+        };
+        common::http_request(auth.listen, &format!("GET {path} HTTP/1.1\r\n{h}\r\n"))
+    };
+    assert_eq!(req("/api/history?ch=user.7", false).0, 401);
+    assert_eq!(req("/api/history?ch=user.8", true).0, 403);
+    let (code, body) = req("/api/history?ch=user.7", true);
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = req(&format!("/api/history?ch=user.7&token={token}"), false);
+    assert_eq!(code, 200);
+}

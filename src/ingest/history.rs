@@ -143,6 +143,21 @@ impl History {
         self.entries.iter().map(cost).sum()
     }
 
+    /// Up to `limit` kept updates after `since`, oldest first, and whether
+    /// some after `since` are no longer kept (a gap before the first).
+    pub fn page(&self, since: u64, limit: usize, now_ns: u64, ttl_ns: u64) -> (Vec<&Update>, bool) {
+        let fresh = |u: &&Update| ttl_ns == 0 || now_ns.saturating_sub(u.ingest_ns) <= ttl_ns;
+        let kept: Vec<&Update> = self
+            .entries
+            .iter()
+            .filter(fresh)
+            .filter(|u| u.seq > since)
+            .take(limit)
+            .collect();
+        let gap = kept.first().is_some_and(|u| u.seq > since + 1);
+        (kept, gap)
+    }
+
     /// How a subscription resuming at `since` starts, for a channel at
     /// `seq` in `epoch` whose last value is `last`, at `now_ns` (entries
     /// past the age limit do not count).

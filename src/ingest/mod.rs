@@ -553,7 +553,7 @@ impl Ingest {
     fn push(&mut self, worker: usize, mut msg: ToWorker) {
         let len = match &msg {
             ToWorker::Update(u) => u.frame.len() as u64,
-            ToWorker::Subscribed(_) => 0,
+            ToWorker::Subscribed(_) | ToWorker::Page(..) => 0,
         };
         loop {
             let unread = self.pushed_bytes[worker] - self.ring_bytes[worker].consumed();
@@ -661,6 +661,16 @@ impl Ingest {
                         }
                         continue;
                     }
+                    ToIngest::History {
+                        worker,
+                        conn,
+                        query,
+                    } => {
+                        let page = self.history_page(&query);
+                        self.push(worker, ToWorker::Page(conn, page));
+                        self.worker_bells[worker].ring();
+                        continue;
+                    }
                 };
                 debug_assert_eq!(worker, w);
                 let now = clock::now_ns();
@@ -691,6 +701,26 @@ impl Ingest {
             }
         }
         served
+    }
+
+    /// The complete `/api/history` response.
+    fn history_page(&self, q: &crate::protocol::http::HistoryQuery) -> bytes::Bytes {
+        use crate::protocol::http::respond;
+        match self.sequencer.history_json(
+            &q.ch,
+            q.since,
+            q.epoch.as_deref(),
+            q.limit,
+            clock::now_ns(),
+        ) {
+            Some(body) => respond("200 OK", "application/json", &body, q.head_only),
+            None => respond(
+                "404 Not Found",
+                "application/json",
+                b"{\"error\":\"unknown channel\"}",
+                q.head_only,
+            ),
+        }
     }
 
     fn publish(&self) {

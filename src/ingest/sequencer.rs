@@ -148,6 +148,57 @@ impl Sequencer {
         (start, state.seq, epoch)
     }
 
+    /// The `/api/history` body for `name`: `{"ch","epoch","seq","updates":[...]}`
+    /// with up to `limit` stored updates after `since`, plus `"resync"`
+    /// with a reason when `since` cannot be continued (another epoch, or
+    /// updates after it are no longer kept). None: no such channel.
+    pub fn history_json(
+        &self,
+        name: &str,
+        since: u64,
+        epoch: Option<&str>,
+        limit: usize,
+        now_ns: u64,
+    ) -> Option<Vec<u8>> {
+        let &id = self.by_name.get(name.as_bytes())?;
+        let state = &self.channels[id.index()];
+        let own = self.epoch(id);
+        let ttl = self.classes[state.class as usize].ttl_ns;
+        let other_epoch = epoch.is_some_and(|e| e != &*own);
+        let from = if other_epoch { 0 } else { since };
+        let (updates, gap) = state.history.page(from, limit, now_ns, ttl);
+        let resync = if other_epoch {
+            Some("epoch changed: the stream restarted")
+        } else if since > state.seq {
+            Some("position is ahead of the stream")
+        } else if gap || (updates.is_empty() && since < state.seq) {
+            Some("position is older than the history")
+        } else {
+            None
+        };
+        let mut out = Vec::with_capacity(64 + updates.iter().map(|u| u.frame.len()).sum::<usize>());
+        out.extend_from_slice(b"{\"ch\":\"");
+        out.extend_from_slice(state.name.as_bytes());
+        out.extend_from_slice(b"\",\"epoch\":\"");
+        out.extend_from_slice(own.as_bytes());
+        out.extend_from_slice(b"\",\"seq\":");
+        out.extend_from_slice(itoa::Buffer::new().format(state.seq).as_bytes());
+        if let Some(r) = resync {
+            out.extend_from_slice(b",\"resync\":\"");
+            out.extend_from_slice(r.as_bytes());
+            out.push(b'"');
+        }
+        out.extend_from_slice(b",\"updates\":[");
+        for (i, u) in updates.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&u.payload());
+        }
+        out.extend_from_slice(b"]}");
+        Some(out)
+    }
+
     /// Keeps the history within its byte cap: the channel that grows pays
     /// first, then a sweep takes the oldest entry of the channels in turn.
     fn enforce_history_cap(&mut self, grew: ChannelId) {

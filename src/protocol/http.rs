@@ -30,9 +30,32 @@ pub enum Request {
         /// Bytes of the request head.
         head_len: usize,
     },
+    /// `GET /api/history`: a channel's stored updates (the ingest thread
+    /// answers).
+    History(HistoryQuery),
     /// A plain request: respond with this and close.
     Respond(Response),
 }
+
+/// `GET /api/history?ch=AAPL&since=41&epoch=...&limit=100`.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct HistoryQuery {
+    /// The channel (valid name).
+    pub ch: String,
+    /// Updates after this seq (0: all kept).
+    pub since: u64,
+    /// The epoch `since` belongs to, if the client has one.
+    pub epoch: Option<String>,
+    /// At most this many updates (1 to 1000; default 100).
+    pub limit: usize,
+    /// `Authorization: Bearer`, else `?token=`.
+    pub token: Option<String>,
+    /// A HEAD request.
+    pub head_only: bool,
+}
+
+/// Most updates one history page holds.
+pub const HISTORY_LIMIT_MAX: usize = 1000;
 
 /// The parts of an upgrade request the access checks read.
 #[derive(Debug, PartialEq, Eq, Default, Clone)]
@@ -125,6 +148,9 @@ pub fn parse(buf: &[u8]) -> Option<Request> {
                 } => Request::Echo { accept, head_len },
                 other => other,
             });
+        }
+        "/api/history" => {
+            return Some(history_query(req.headers, query, method == "HEAD"));
         }
         "/healthz" => Response::Health,
         "/metrics" => Response::Metrics,
@@ -221,6 +247,43 @@ fn forwarded_addrs(headers: &[httparse::Header<'_>]) -> Vec<std::net::IpAddr> {
         }
     }
     out
+}
+
+fn history_query(headers: &[httparse::Header<'_>], query: &str, head_only: bool) -> Request {
+    let bad = |why| Request::Respond(Response::BadRequest(why));
+    let Some(ch) = query_param(query, "ch") else {
+        return bad("missing ch: /api/history?ch=NAME&since=SEQ&limit=N");
+    };
+    if !crate::channel::is_valid(ch.as_bytes()) {
+        return bad("invalid ch: need 1 to 128 bytes of A-Za-z0-9._:-");
+    }
+    let since = match query_param(query, "since").map(|s| s.parse::<u64>()) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return bad("since must be a sequence number"),
+    };
+    let limit = match query_param(query, "limit").map(|s| s.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=HISTORY_LIMIT_MAX).contains(&n) => n,
+        Some(_) => return bad("limit must be 1 to 1000"),
+    };
+    let token = header(headers, "Authorization")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_string())
+        })
+        .or_else(|| query_param(query, "token"));
+    Request::History(HistoryQuery {
+        ch,
+        since,
+        epoch: query_param(query, "epoch"),
+        limit,
+        token,
+        head_only,
+    })
 }
 
 fn upgrade(headers: &[httparse::Header<'_>], query: &str, head_len: usize) -> Request {

@@ -147,6 +147,7 @@ impl Worker {
                         self.fan_out(full);
                     }
                 }
+                ToWorker::Page(key, page) => self.serve_page(key, page),
                 ToWorker::Subscribed(reply) => {
                     // Updates drained before the reply reach the old
                     // subscribers first; the snapshot covers them.

@@ -80,6 +80,31 @@ pub fn check_upgrade(
     Ok(needed.then(|| Box::new(guard)))
 }
 
+/// Checks an `/api/history` request against authentication: the response
+/// that refuses it, if any (no token, a bad one, a channel it does not
+/// allow).
+pub fn check_history(
+    q: &crate::protocol::http::HistoryQuery,
+    config: &Config,
+    refusals: &Refusals,
+) -> Option<Response> {
+    let verifier = config.auth.as_ref()?;
+    let Some(token) = q.token.as_deref() else {
+        refusals.auth(&AuthError::Missing);
+        return Some(Response::Unauthorized(AuthError::Missing.reason()));
+    };
+    match verifier.verify(token, crate::auth::unix_now()) {
+        Err(e) => {
+            refusals.auth(&e);
+            Some(Response::Unauthorized(e.reason()))
+        }
+        Ok(claims) if !Session::from_claims(&claims).channels.allows(&q.ch) => {
+            Some(Response::Forbidden("the token does not allow this channel"))
+        }
+        Ok(_) => None,
+    }
+}
+
 /// What a client message may do under the connection's guard.
 pub enum Admission {
     /// Go on with it.

@@ -157,6 +157,22 @@ impl Worker {
             };
             match parsed {
                 None => return 0,
+                Some(Request::History(q)) => {
+                    stats.counters.http_requests += 1;
+                    let refused = guard::check_history(&q, config, &metrics.refusals);
+                    if let Some(resp) = refused {
+                        let bytes = http::render(resp, q.head_only, pages);
+                        conn.out.push_control(Entry::control(bytes));
+                        timers::enter_closing(conn, index, link, *now_ms);
+                        dirty.mark(conn, slot);
+                        return data.len();
+                    }
+                    // The ingest thread owns the history: it renders the page.
+                    timers::enter_closing(conn, index, link, *now_ms);
+                    conn.phase = Phase::Responding { since_ms: *now_ms };
+                    link.history(conn.key, q);
+                    return data.len();
+                }
                 Some(Request::Echo { accept, head_len }) if config.conformance_echo => {
                     conn.out
                         .push_control(Entry::control(http::switching_protocols(&accept)));

@@ -79,6 +79,15 @@ impl IngestLink {
         });
     }
 
+    /// Asks ingest for an `/api/history` page for `conn`.
+    pub fn history(&mut self, conn: ConnKey, query: crate::protocol::http::HistoryQuery) {
+        self.backlog.push_back(ToIngest::History {
+            worker: self.worker,
+            conn,
+            query: Box::new(query),
+        });
+    }
+
     /// Gives the ingest thread back the references these ids held.
     pub fn release(&mut self, channels: Vec<ChannelId>) {
         if !channels.is_empty() {

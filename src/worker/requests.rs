@@ -236,17 +236,23 @@ impl Worker {
     /// connections (still the same connection: the key's generation).
     pub(crate) fn serve_admin_replies(&mut self) {
         while let Some((key, page)) = self.admin.reply() {
-            let Some(conn) = self.conns.get_mut(key.slot as usize) else {
-                continue;
-            };
-            if conn.key != key || !matches!(conn.phase, Phase::Responding { .. }) {
-                continue;
-            }
-            conn.out.push_control(Entry::control(page));
-            conn.phase = Phase::Closing {
-                since_ms: self.now_ms,
-            };
-            self.dirty.mark(conn, key.slot);
+            self.serve_page(key, page);
         }
+    }
+
+    /// A page rendered off the worker (metrics, history) for a connection
+    /// waiting in `Responding`: queued, then the connection closes.
+    pub(crate) fn serve_page(&mut self, key: crate::ring::ConnKey, page: bytes::Bytes) {
+        let Some(conn) = self.conns.get_mut(key.slot as usize) else {
+            return;
+        };
+        if conn.key != key || !matches!(conn.phase, Phase::Responding { .. }) {
+            return;
+        }
+        conn.out.push_control(Entry::control(page));
+        conn.phase = Phase::Closing {
+            since_ms: self.now_ms,
+        };
+        self.dirty.mark(conn, key.slot);
     }
 }
