@@ -131,6 +131,15 @@ pub struct Config {
     pub history_ttl: Duration,
     /// History bytes over all channels.
     pub history_memory_max: usize,
+    /// Largest `POST /api/publish` body.
+    pub max_publish_body: usize,
+    /// Messages in one publish batch.
+    pub publish_batch_max: usize,
+    /// How long a publish idempotency key is remembered.
+    pub idempotency_window: Duration,
+    /// The API key publishers present as `Authorization: Bearer`; `None`:
+    /// only loopback peers may publish.
+    pub api_key: Option<std::sync::Arc<[u8]>>,
     /// Channel classes from the file's `[[classes]]`, first match wins; the
     /// rest are the default class (conflating, `history_size`/`history_ttl`).
     pub classes: Vec<ChannelClass>,
@@ -185,6 +194,10 @@ impl Default for Config {
             history_ttl: Duration::from_secs(60),
             history_memory_max: 256 << 20,
             classes: Vec::new(),
+            max_publish_body: 1 << 20,
+            publish_batch_max: 1000,
+            idempotency_window: Duration::from_secs(300),
+            api_key: None,
             admin_listen: None,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             new_connections_per_ip_per_second: DEFAULT_NEW_CONNECTIONS_PER_IP_PER_SECOND,
@@ -347,6 +360,18 @@ pub struct Cli {
     /// History bytes over all channels; past it the oldest entries go first [default: 256MiB]
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub history_memory_max: Option<usize>,
+    /// Largest POST /api/publish body; larger gets 413 [default: 1MiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_publish_body: Option<usize>,
+    /// Messages in one POST /api/publish batch [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub publish_batch_max: Option<usize>,
+    /// A publish repeating an idempotency_key within this window publishes nothing and answers the first seq [default: 5m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idempotency_window: Option<Duration>,
+    /// Publishers must send "Authorization: Bearer <key>" with the key in this file; without it only loopback peers may publish [default: off]
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
     /// A feed's first line must be "AUTH <token>" with the token in this file [default: off]
     #[arg(long, value_name = "FILE")]
     pub ingest_token_file: Option<PathBuf>,
@@ -413,6 +438,10 @@ struct FileConfig {
     history_ttl: Option<DurationValue>,
     history_memory_max: Option<SizeValue>,
     classes: Option<Vec<ClassValue>>,
+    max_publish_body: Option<SizeValue>,
+    publish_batch_max: Option<usize>,
+    idempotency_window: Option<DurationValue>,
+    api_key_file: Option<PathBuf>,
     admin_listen: Option<SocketAddr>,
     max_connections_per_ip: Option<usize>,
     new_connections_per_ip_per_second: Option<u32>,
@@ -694,6 +723,24 @@ impl Config {
         set!(history_size);
         set!(history_ttl, duration_of);
         set!(history_memory_max, size_of);
+        set!(max_publish_body, size_of);
+        set!(publish_batch_max);
+        set!(idempotency_window, duration_of);
+        if let Some(path) = cli.api_key_file.or(file.api_key_file) {
+            let invalid = |message: String| ConfigError::Invalid {
+                key: "api_key_file",
+                message,
+            };
+            let text = crate::auth::read_key_file(&path).map_err(|e| invalid(e.to_string()))?;
+            let key = text.trim_ascii();
+            if key.is_empty() || key.iter().any(|b| b.is_ascii_whitespace()) {
+                return Err(invalid(format!(
+                    "{}: the key must be one word, not empty",
+                    path.display()
+                )));
+            }
+            c.api_key = Some(key.into());
+        }
         for (i, v) in file.classes.unwrap_or_default().into_iter().enumerate() {
             let invalid = |message: String| ConfigError::Invalid {
                 key: "classes",
@@ -889,6 +936,7 @@ impl Config {
             ("jwt_leeway", self.jwt_leeway),
             ("token_refresh_lead", self.token_refresh_lead),
             ("history_ttl", self.history_ttl),
+            ("idempotency_window", self.idempotency_window),
         ] {
             if d > MAX_TIMER {
                 return bad(key, "must be at most 7 days");
@@ -934,6 +982,12 @@ impl Config {
                     "history_size must be at most 1048576 and history_ttl at most 7 days",
                 );
             }
+        }
+        if self.max_publish_body < 64 || self.max_publish_body > 64 << 20 {
+            return bad("max_publish_body", "must be 64 B to 64 MiB");
+        }
+        if self.publish_batch_max == 0 || self.publish_batch_max > 100_000 {
+            return bad("publish_batch_max", "must be 1 to 100000");
         }
         if self.max_feed_connections == 0 {
             return bad("max_feed_connections", "must be at least 1");

@@ -80,6 +80,8 @@ pub mod names {
     pub const REPLAYED_TOTAL: &str = "tickwire_replayed_total";
     /// `tickwire_resyncs_total`.
     pub const RESYNCS_TOTAL: &str = "tickwire_resyncs_total";
+    /// `tickwire_http_published_total`.
+    pub const HTTP_PUBLISHED_TOTAL: &str = "tickwire_http_published_total";
     /// `tickwire_class_channels{class}`.
     pub const CLASS_CHANNELS: &str = "tickwire_class_channels";
     /// `tickwire_history_bytes`.
@@ -233,6 +235,8 @@ pub struct IngestStats {
     pub channels: AtomicU64,
     /// History bytes kept over all channels.
     pub history_bytes: AtomicU64,
+    /// Messages published through `POST /api/publish`.
+    pub published: AtomicU64,
     /// Channels per class, in class order.
     pub class_channels: Box<[AtomicU64]>,
     /// Times a worker ring was full and ingest waited (backpressure).
@@ -439,6 +443,13 @@ impl Metrics {
         );
         let i = &self.ingest;
         let r = Ordering::Relaxed;
+        gauge(
+            &mut o,
+            names::HTTP_PUBLISHED_TOTAL,
+            "Messages published through POST /api/publish (idempotent repeats included).",
+            "counter",
+            i.published.load(r),
+        );
         gauge(
             &mut o,
             names::HISTORY_BYTES,

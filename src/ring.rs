@@ -67,6 +67,15 @@ pub enum ToWorker {
     Subscribed(Box<SubscribeReply>),
     /// A finished `/api/history` response for a connection.
     Page(ConnKey, bytes::Bytes),
+    /// The answer to a publish; the connection stays open unless `close`.
+    Published {
+        /// The connection that asked.
+        conn: ConnKey,
+        /// The complete HTTP response.
+        response: bytes::Bytes,
+        /// Close after it.
+        close: bool,
+    },
 }
 
 /// A message from a worker to the ingest thread.
@@ -91,6 +100,17 @@ pub enum ToIngest {
         conn: ConnKey,
         /// The query.
         query: Box<crate::protocol::http::HistoryQuery>,
+    },
+    /// Publishes these messages, all or nothing, in order.
+    Publish {
+        /// Which worker asks.
+        worker: usize,
+        /// For which connection.
+        conn: ConnKey,
+        /// The messages, checked.
+        items: Vec<crate::protocol::publish::Item>,
+        /// Close the connection after the answer.
+        close: bool,
     },
     /// Gives back one reference per id: each id a subscribe reply carried is
     /// a reference the worker holds until the subscription ends (or at once,

@@ -8,6 +8,7 @@
 //! the live stream without a gap or a duplicate.
 
 pub mod history;
+pub mod idempotency;
 pub mod line;
 pub mod sequencer;
 
@@ -103,6 +104,10 @@ pub struct Ingest {
     /// The token an `AUTH` first line must carry.
     token: Option<Arc<[u8]>>,
     max_feeds: usize,
+    /// Idempotency keys of the publish API.
+    idempotency: idempotency::Idempotency,
+    /// Messages published through the HTTP API.
+    published_total: u64,
     /// Feeds speak TLS (`--ingest-tls`).
     tls: Option<crate::tls::SharedConfig>,
     messages: u64,
@@ -146,6 +151,8 @@ pub struct IngestParts {
     pub history: history::HistoryLimits,
     /// Channel classes (first match wins).
     pub classes: Vec<history::ClassRule>,
+    /// How long publish idempotency keys are remembered.
+    pub idempotency_window_ns: u64,
 }
 
 /// The token the ingest Poll's waker must use.
@@ -181,6 +188,8 @@ impl Ingest {
             max_line: p.max_line,
             token: p.token,
             max_feeds: p.max_feeds,
+            idempotency: idempotency::Idempotency::new(p.idempotency_window_ns),
+            published_total: 0,
             tls: p.tls,
             messages: 0,
             bytes: 0,
@@ -553,7 +562,7 @@ impl Ingest {
     fn push(&mut self, worker: usize, mut msg: ToWorker) {
         let len = match &msg {
             ToWorker::Update(u) => u.frame.len() as u64,
-            ToWorker::Subscribed(_) | ToWorker::Page(..) => 0,
+            ToWorker::Subscribed(_) | ToWorker::Page(..) | ToWorker::Published { .. } => 0,
         };
         loop {
             let unread = self.pushed_bytes[worker] - self.ring_bytes[worker].consumed();
@@ -661,6 +670,25 @@ impl Ingest {
                         }
                         continue;
                     }
+                    ToIngest::Publish {
+                        worker,
+                        conn,
+                        items,
+                        close,
+                    } => {
+                        let response = self.publish_items(&items, close);
+                        self.ring_workers();
+                        self.push(
+                            worker,
+                            ToWorker::Published {
+                                conn,
+                                response,
+                                close,
+                            },
+                        );
+                        self.worker_bells[worker].ring();
+                        continue;
+                    }
                     ToIngest::History {
                         worker,
                         conn,
@@ -703,6 +731,66 @@ impl Ingest {
         served
     }
 
+    /// Publishes a checked batch, all or nothing: repeats of idempotency
+    /// keys answer their first seq; the rest go through the sequencer like
+    /// feed lines. Returns the complete HTTP response.
+    fn publish_items(
+        &mut self,
+        items: &[crate::protocol::publish::Item],
+        close: bool,
+    ) -> bytes::Bytes {
+        use crate::protocol::http::respond_keep_alive;
+        use crate::protocol::publish;
+        let now = clock::now_ns();
+        let names: Vec<&str> = items.iter().map(|i| &*i.ch).collect();
+        if !self.sequencer.has_room_for(&names) {
+            self.rejects[Reject::ChannelLimit.index()] += 1;
+            let r = publish::Refusal {
+                error: "too many channels in the engine".into(),
+                index: 0,
+            };
+            return respond_keep_alive(
+                "503 Service Unavailable",
+                "application/json",
+                &publish::refusal_body(&r),
+                close,
+            );
+        }
+        let mut results: Vec<(&str, u64)> = Vec::with_capacity(items.len());
+        for item in items {
+            if let Some(key) = &item.key
+                && let Some(seq) = self.idempotency.get(&item.ch, key, now)
+            {
+                results.push((&item.ch, seq));
+                continue;
+            }
+            match self.sequencer.accept(&item.ch, &item.data, now) {
+                Ok(update) => {
+                    let seq = update.seq;
+                    self.messages += 1;
+                    self.bytes += item.data.len() as u64;
+                    self.fan_out(update);
+                    if let Some(key) = &item.key {
+                        self.idempotency.insert(&item.ch, key, seq, now);
+                    }
+                    results.push((&item.ch, seq));
+                }
+                // Checked above; a name is valid (the worker checked it).
+                Err(reason) => {
+                    self.rejects[reason.index()] += 1;
+                    results.push((&item.ch, 0));
+                }
+            }
+        }
+        self.published_total += items.len() as u64;
+        respond_keep_alive(
+            "200 OK",
+            "application/json",
+            &publish::results_body(&results),
+            close,
+        )
+    }
+
     /// The complete `/api/history` response.
     fn history_page(&self, q: &crate::protocol::http::HistoryQuery) -> bytes::Bytes {
         use crate::protocol::http::respond;
@@ -735,6 +823,7 @@ impl Ingest {
         i.channels.store(self.sequencer.channel_count() as u64, r);
         i.history_bytes
             .store(self.sequencer.history_bytes() as u64, r);
+        i.published.store(self.published_total, r);
         for (k, n) in self.sequencer.class_channels().iter().enumerate() {
             if let Some(a) = i.class_channels.get(k) {
                 a.store(*n, r);

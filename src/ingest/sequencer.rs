@@ -291,6 +291,23 @@ impl Sequencer {
         Ok(update)
     }
 
+    /// Whether values for all of `names` can be accepted now (none would
+    /// pass `max_channels`): checked before a batch publishes anything.
+    pub fn has_room_for(&self, names: &[&str]) -> bool {
+        let mut new: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| {
+                self.by_name
+                    .get(n.as_bytes())
+                    .is_none_or(|id| self.channels[id.index()].last.is_none())
+            })
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        self.published() + new.len() <= self.max_channels
+    }
+
     /// Channels with a value.
     fn published(&self) -> usize {
         self.channel_count() - self.unpublished

@@ -33,8 +33,25 @@ pub enum Request {
     /// `GET /api/history`: a channel's stored updates (the ingest thread
     /// answers).
     History(HistoryQuery),
+    /// `POST /api/publish` with its body length: the worker waits for the
+    /// body, then checks and publishes it.
+    Publish(PublishHead),
     /// A plain request: respond with this and close.
     Respond(Response),
+}
+
+/// The head of a `POST /api/publish`.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct PublishHead {
+    /// Bytes of the request head.
+    pub head_len: usize,
+    /// Bytes of the body that follow it.
+    pub body_len: usize,
+    /// `Authorization: Bearer` (the API key).
+    pub bearer: Option<String>,
+    /// The client asked to close after this request (`Connection: close`,
+    /// or HTTP/1.0 without keep-alive).
+    pub close: bool,
 }
 
 /// `GET /api/history?ch=AAPL&since=41&epoch=...&limit=100`.
@@ -87,6 +104,10 @@ pub enum Response {
     Forbidden(&'static str),
     /// 429 with a one-line reason and `Retry-After: 1`.
     TooManyRequests(&'static str),
+    /// 411: a body without `Content-Length`.
+    LengthRequired,
+    /// 413: a body over the limit.
+    PayloadTooLarge,
     /// 200 with the quote page.
     Index,
     /// 404.
@@ -132,6 +153,12 @@ pub fn parse(buf: &[u8]) -> Option<Request> {
     let method = req.method.unwrap_or("");
     let target = req.path.unwrap_or("");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if path == "/api/publish" {
+        if method != "POST" {
+            return Some(Request::Respond(Response::MethodNotAllowed));
+        }
+        return Some(publish_head(&req, head_len));
+    }
     if method != "GET" && method != "HEAD" {
         return Some(Request::Respond(Response::MethodNotAllowed));
     }
@@ -247,6 +274,53 @@ fn forwarded_addrs(headers: &[httparse::Header<'_>]) -> Vec<std::net::IpAddr> {
         }
     }
     out
+}
+
+fn publish_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Request {
+    let headers = &*req.headers;
+    if header(headers, "Transfer-Encoding").is_some() {
+        return Request::Respond(Response::LengthRequired);
+    }
+    let Some(len) = header(headers, "Content-Length") else {
+        return Request::Respond(Response::LengthRequired);
+    };
+    let Some(body_len) = std::str::from_utf8(len)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    else {
+        return Request::Respond(Response::BadRequest("invalid Content-Length"));
+    };
+    let connection = header(headers, "Connection");
+    let close = match req.version {
+        Some(0) => !connection.is_some_and(|v| has_token(v, "keep-alive")),
+        _ => connection.is_some_and(|v| has_token(v, "close")),
+    };
+    let bearer = header(headers, "Authorization")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_string())
+        });
+    Request::Publish(PublishHead {
+        head_len,
+        body_len,
+        bearer,
+        close,
+    })
+}
+
+/// A response that keeps the connection open (HTTP/1.1 keep-alive).
+pub fn respond_keep_alive(status: &str, content_type: &str, body: &[u8], close: bool) -> Bytes {
+    let conn = if close { "close" } else { "keep-alive" };
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: {conn}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    Bytes::from(out)
 }
 
 fn history_query(headers: &[httparse::Header<'_>], query: &str, head_only: bool) -> Request {
@@ -397,6 +471,18 @@ pub fn render(resp: Response, head_only: bool, pages: &Pages) -> Bytes {
             );
             with_header(r, "Retry-After: 1\r\n")
         }
+        Response::LengthRequired => respond(
+            "411 Length Required",
+            TEXT,
+            b"send the body with Content-Length\n",
+            head_only,
+        ),
+        Response::PayloadTooLarge => respond(
+            "413 Payload Too Large",
+            TEXT,
+            b"request body too large (max_publish_body)\n",
+            head_only,
+        ),
         Response::Index => respond(
             "200 OK",
             "text/html; charset=utf-8",

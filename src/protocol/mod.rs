@@ -7,8 +7,10 @@
 //! - [`ws`]: a WebSocket connection's input after the handshake: message
 //!   reassembly, control frames, close codes.
 //! - [`client`]: the JSON client messages, replies and error codes.
+//! - [`publish`]: the HTTP publish API's bodies and answers.
 
 pub mod client;
 pub mod frame;
 pub mod http;
+pub mod publish;
 pub mod ws;

@@ -22,6 +22,13 @@ pub enum Phase {
     },
     /// WebSocket open.
     Open,
+    /// A publish request went to the ingest thread; its answer comes back
+    /// on the ring. Input that arrives meanwhile (pipelined requests) waits
+    /// unparsed, so answers keep the order of the requests.
+    Publishing {
+        /// When the request went out (ms).
+        since_ms: u64,
+    },
     /// An HTTP response is being rendered off the worker (the metrics
     /// page); it closes like `Closing` once it is queued.
     Responding {

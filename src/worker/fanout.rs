@@ -148,6 +148,11 @@ impl Worker {
                     }
                 }
                 ToWorker::Page(key, page) => self.serve_page(key, page),
+                ToWorker::Published {
+                    conn,
+                    response,
+                    close,
+                } => self.published(conn, response, close),
                 ToWorker::Subscribed(reply) => {
                     // Updates drained before the reply reach the old
                     // subscribers first; the snapshot covers them.

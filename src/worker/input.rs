@@ -54,6 +54,16 @@ impl Worker {
             };
             conn.read_pending = false;
             let ending = conn.phase.is_ending();
+            if matches!(conn.phase, Phase::Publishing { .. })
+                && conn.input.as_ref().is_some_and(|p| {
+                    p.bytes.len() > http::MAX_REQUEST_HEAD + self.config.max_publish_body
+                })
+            {
+                // Pipelined requests wait for the answer in flight: leave
+                // the rest in the socket until it comes.
+                conn.read_paused = true;
+                return;
+            }
             if !ending && conn.reply_bytes() > budget {
                 // Its replies are not being read: leave its requests in the
                 // socket (TCP backpressure) until the flush resumes reading.
@@ -101,10 +111,39 @@ impl Worker {
                 }
             }
             self.apply_events(slot);
+            self.pump_http(slot);
         }
         if let Some(conn) = self.conns.get_mut(slot as usize) {
             conn.read_pending = true;
             self.read_retry.push(slot);
+        }
+    }
+
+    /// HTTP keep-alive: parses the requests already buffered after one was
+    /// answered (pipelining), until one is incomplete or waits for an
+    /// answer.
+    pub(crate) fn pump_http(&mut self, slot: u32) {
+        loop {
+            let Some(conn) = self.conns.get_mut(slot as usize) else {
+                return;
+            };
+            if !matches!(conn.phase, Phase::Handshake { .. }) {
+                return;
+            }
+            let Some(mut p) = conn.input.take() else {
+                return;
+            };
+            let used = self.input(slot, 0, Some(&mut *p));
+            p.bytes.drain(..used);
+            if let Some(conn) = self.conns.get_mut(slot as usize)
+                && !p.is_empty()
+            {
+                conn.input = Some(p);
+            }
+            self.apply_events(slot);
+            if used == 0 {
+                return;
+            }
         }
     }
 
@@ -136,6 +175,10 @@ impl Worker {
             Some(p) => (&mut p.bytes[..], Some(&mut p.message)),
         };
         let mut used = 0;
+        if matches!(conn.phase, Phase::Publishing { .. }) {
+            // Pipelined input waits for the answer in flight.
+            return 0;
+        }
         if matches!(conn.phase, Phase::Handshake { .. }) {
             let parsed = match http::parse(data) {
                 // New clients during a drain would only be cut again.
@@ -157,6 +200,84 @@ impl Worker {
             };
             match parsed {
                 None => return 0,
+                Some(Request::Publish(h)) => {
+                    let (status, why, close) = if let Some(key) = &config.api_key {
+                        match &h.bearer {
+                            Some(b) if crate::auth::constant_time_eq(b.as_bytes(), key) => {
+                                ("", "", false)
+                            }
+                            _ => ("401 Unauthorized", "bad or missing API key", true),
+                        }
+                    } else if conn
+                        .transport
+                        .peer_ip()
+                        .is_some_and(|ip| crate::limits::client_ip(ip, &[], &[]).is_loopback())
+                    {
+                        ("", "", false)
+                    } else {
+                        (
+                            "403 Forbidden",
+                            "publishing from another host needs an API key (api_key_file)",
+                            true,
+                        )
+                    };
+                    let (status, why) = if close {
+                        (status, why)
+                    } else if h.body_len > config.max_publish_body {
+                        ("413 Payload Too Large", "body over max_publish_body")
+                    } else {
+                        ("", "")
+                    };
+                    if !status.is_empty() {
+                        stats.counters.http_requests += 1;
+                        stats.counters.http_rejects += 1;
+                        let body = crate::protocol::publish::refusal_body(
+                            &crate::protocol::publish::Refusal {
+                                error: why.into(),
+                                index: 0,
+                            },
+                        );
+                        let bytes =
+                            http::respond_keep_alive(status, "application/json", &body, true);
+                        conn.out.push_control(Entry::control(bytes));
+                        timers::enter_closing(conn, index, link, *now_ms);
+                        dirty.mark(conn, slot);
+                        return data.len();
+                    }
+                    let end = h.head_len + h.body_len;
+                    if data.len() < end {
+                        // The body is still coming.
+                        return 0;
+                    }
+                    stats.counters.http_requests += 1;
+                    match crate::protocol::publish::parse_body(
+                        &data[h.head_len..end],
+                        config.publish_batch_max,
+                    ) {
+                        Err(r) => {
+                            stats.counters.http_rejects += 1;
+                            let body = crate::protocol::publish::refusal_body(&r);
+                            let bytes = http::respond_keep_alive(
+                                "400 Bad Request",
+                                "application/json",
+                                &body,
+                                h.close,
+                            );
+                            conn.out.push_control(Entry::control(bytes));
+                            if h.close {
+                                timers::enter_closing(conn, index, link, *now_ms);
+                            } else {
+                                conn.phase = Phase::Handshake { since_ms: *now_ms };
+                            }
+                            dirty.mark(conn, slot);
+                        }
+                        Ok(items) => {
+                            link.publish(conn.key, items, h.close);
+                            conn.phase = Phase::Publishing { since_ms: *now_ms };
+                        }
+                    }
+                    return end;
+                }
                 Some(Request::History(q)) => {
                     stats.counters.http_requests += 1;
                     let refused = guard::check_history(&q, config, &metrics.refusals);

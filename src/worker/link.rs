@@ -79,6 +79,22 @@ impl IngestLink {
         });
     }
 
+    /// Asks ingest to publish `items` for `conn` (answered with
+    /// `ToWorker::Published`).
+    pub fn publish(
+        &mut self,
+        conn: ConnKey,
+        items: Vec<crate::protocol::publish::Item>,
+        close: bool,
+    ) {
+        self.backlog.push_back(ToIngest::Publish {
+            worker: self.worker,
+            conn,
+            items,
+            close,
+        });
+    }
+
     /// Asks ingest for an `/api/history` page for `conn`.
     pub fn history(&mut self, conn: ConnKey, query: crate::protocol::http::HistoryQuery) {
         self.backlog.push_back(ToIngest::History {

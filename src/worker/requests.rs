@@ -240,6 +240,44 @@ impl Worker {
         }
     }
 
+    /// The ingest thread answered a publish: the answer is queued and the
+    /// connection reads its next request (keep-alive), or closes.
+    pub(crate) fn published(
+        &mut self,
+        key: crate::ring::ConnKey,
+        response: bytes::Bytes,
+        close: bool,
+    ) {
+        let Worker {
+            conns,
+            index,
+            link,
+            dirty,
+            now_ms,
+            read_retry,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(key.slot as usize) else {
+            return;
+        };
+        if conn.key != key || !matches!(conn.phase, Phase::Publishing { .. }) {
+            return;
+        }
+        conn.out.push_control(Entry::control(response));
+        if close {
+            crate::worker::timers::enter_closing(conn, index, link, *now_ms);
+        } else {
+            conn.phase = Phase::Handshake { since_ms: *now_ms };
+        }
+        dirty.mark(conn, key.slot);
+        if conn.read_paused || !close {
+            conn.read_paused = false;
+            conn.read_pending = true;
+            read_retry.push(key.slot);
+        }
+        self.pump_http(key.slot);
+    }
+
     /// A page rendered off the worker (metrics, history) for a connection
     /// waiting in `Responding`: queued, then the connection closes.
     pub(crate) fn serve_page(&mut self, key: crate::ring::ConnKey, page: bytes::Bytes) {

@@ -99,7 +99,7 @@ impl Worker {
         for (slot, conn) in conns.iter_mut() {
             let slot = slot as u32;
             match conn.phase {
-                Phase::Handshake { since_ms } => {
+                Phase::Handshake { since_ms } | Phase::Publishing { since_ms } => {
                     if now.saturating_sub(since_ms) >= HANDSHAKE_TIMEOUT_MS {
                         to_close.push(slot);
                     }
@@ -246,7 +246,7 @@ impl Worker {
                     enter_closing(conn, index, link, *now_ms);
                     dirty.mark(conn, slot as u32);
                 }
-                Phase::Handshake { .. } => to_close.push(slot as u32),
+                Phase::Handshake { .. } | Phase::Publishing { .. } => to_close.push(slot as u32),
                 Phase::Closing { .. } | Phase::Lingering { .. } | Phase::Responding { .. } => {}
             }
         }
