@@ -55,9 +55,13 @@ fn main() -> Result<()> {
     if let Ok(text) = fs::read_to_string(&micro) {
         md.push_str(&microbench_section(&text));
     }
-    let tls = out.with_file_name("TLS.md");
-    if let Ok(text) = fs::read_to_string(&tls) {
-        md.push_str(&tls_section(&text));
+    for (file, title) in [
+        ("TLS.md", "TLS against plain"),
+        ("PUBLISH.md", "HTTP publish API"),
+    ] {
+        if let Ok(text) = fs::read_to_string(out.with_file_name(file)) {
+            md.push_str(&kept_section(&text, file, title));
+        }
     }
     fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
     eprintln!(
@@ -87,11 +91,12 @@ fn microbench_section(text: &str) -> String {
     md
 }
 
-/// The tables of TLS.md (TLS against plain, run by hand with the
-/// `tickwire-tls` engine), so RESULTS.md holds those figures too.
-fn tls_section(text: &str) -> String {
-    let mut md = String::from(
-        "\n## TLS against plain\n\nCopied from [TLS.md](TLS.md) (commands, method and reading there).\n",
+/// The tables of a page of figures kept by hand (TLS.md: TLS against
+/// plain with the `tickwire-tls` engine; PUBLISH.md: the publish API with
+/// `pubbench`), so RESULTS.md holds those figures too.
+fn kept_section(text: &str, file: &str, title: &str) -> String {
+    let mut md = format!(
+        "\n## {title}\n\nCopied from [{file}]({file}) (commands, method and reading there).\n"
     );
     let mut in_table = false;
     for l in text.lines() {
