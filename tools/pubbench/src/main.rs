@@ -163,7 +163,8 @@ fn main() -> Result<()> {
         if let Ok(tungstenite::Message::Text(t)) = ws.read() {
             let v: serde_json::Value = serde_json::from_str(&t)?;
             if let Some(sent) = v["data"]["t"].as_u64().filter(|t| *t >= started_ns) {
-                hist.record((now_ns().saturating_sub(sent) / 1000).max(1)).ok();
+                hist.record((now_ns().saturating_sub(sent) / 1000).max(1))
+                    .ok();
                 delivered += 1;
             }
         }
