@@ -254,6 +254,8 @@ pub enum ConfigError {
 /// underscores: ping_interval = "15s"); flags win over the file.
 #[derive(Debug, Default, Parser)]
 #[command(name = "tickwire", version, about, long_about = None)]
+// The field docs are the --help text: plain text, not rustdoc markup.
+#[allow(rustdoc::invalid_html_tags, rustdoc::bare_urls)]
 pub struct Cli {
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]

@@ -259,7 +259,7 @@ impl Worker {
     }
 }
 
-/// What [`Worker::auth_timers`] needs of the worker.
+/// What the worker's token timers need of it.
 pub struct AuthTimerCtx<'a> {
     /// Worker clock, ms.
     pub now_ms: u64,
