@@ -1,17 +1,29 @@
-//! The HTTP request head on the listen port: upgrade or plain response.
-//! Never panics; an upgrade's head length is within the input.
+//! The HTTP request head on the listen port: upgrade, publish, history or
+//! plain response. Never panics; head lengths are within the input.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tickwire::protocol::http::{Request, parse};
 
 fuzz_target!(|data: &[u8]| {
-    if let Some(Request::Upgrade { accept, head_len }) = parse(data) {
-        assert!(head_len <= data.len());
-        assert_eq!(
-            accept.len(),
-            28,
-            "Sec-WebSocket-Accept is base64 of 20 bytes"
-        );
+    match parse(data) {
+        Some(Request::Upgrade {
+            accept, head_len, ..
+        }) => {
+            assert!(head_len <= data.len());
+            assert_eq!(
+                accept.len(),
+                28,
+                "Sec-WebSocket-Accept is base64 of 20 bytes"
+            );
+        }
+        Some(Request::Publish(h)) => {
+            assert!(h.head_len <= data.len());
+            // The body, whatever it holds, is checked without panicking.
+            let end = (h.head_len + h.body_len).min(data.len());
+            let _ = tickwire::protocol::publish::parse_body(&data[h.head_len..end], 1000);
+        }
+        Some(Request::History(q)) => assert!(q.limit >= 1 && q.limit <= 1000),
+        _ => {}
     }
 });
