@@ -284,6 +284,11 @@ impl Metrics {
         }
     }
 
+    /// Channel class names, in class order (the default class last).
+    pub fn class_names(&self) -> &[String] {
+        &self.classes
+    }
+
     /// Adds a worker's recent latencies to its cumulative histogram (once a
     /// second, off the hot path) and resets `recent`.
     pub fn merge_latency(&self, worker: usize, recent: &mut Histogram<u64>) {

@@ -92,6 +92,19 @@ pub enum ToIngest {
         /// Per name (or empty): the position to resume from.
         since: Vec<Option<crate::ingest::history::Position>>,
     },
+    /// A page of the channel table for `/api/channels`.
+    Channels {
+        /// Which worker asks.
+        worker: usize,
+        /// For which connection.
+        conn: ConnKey,
+        /// First slot of the page.
+        cursor: usize,
+        /// Channels per page.
+        limit: usize,
+        /// A HEAD request.
+        head_only: bool,
+    },
     /// A channel's stored updates for `/api/history`.
     History {
         /// Which worker asks.

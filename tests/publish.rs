@@ -250,5 +250,14 @@ fn publish_needs_the_api_key_when_one_is_set() {
     let mut h = Http::connect(srv.listen);
     h.send(&Http::request(body, "Authorization: Bearer k-123\r\n"));
     assert_eq!(h.response().0, 200);
+    // The channel list takes the same key.
+    let (code, _) = common::http_request(srv.listen, "GET /api/channels HTTP/1.1\r\n\r\n");
+    assert_eq!(code, 401);
+    let (code, body) = common::http_request(
+        srv.listen,
+        "GET /api/channels HTTP/1.1\r\nAuthorization: Bearer k-123\r\n\r\n",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""name":"a""#), "{body}");
     std::fs::remove_dir_all(dir).ok();
 }

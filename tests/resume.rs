@@ -468,3 +468,60 @@ fn history_api_serves_stored_updates_with_the_position_rules() {
     let (code, _) = req(&format!("/api/history?ch=user.7&token={token}"), false);
     assert_eq!(code, 200);
 }
+
+#[test]
+fn channels_api_lists_the_table_page_by_page() {
+    let dir = std::env::temp_dir().join(format!("tickwire-chanapi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[[classes]]\nname = \"notify\"\npattern = \"user.*\"\nconflate = false\n",
+    )
+    .unwrap();
+    let srv = Server::start(&["--config", cfg.to_str().unwrap()]);
+    let mut feed = Feed::connect(srv.ingest);
+    for k in 0..5 {
+        feed.send(&tick(&format!("C{k}"), 1));
+    }
+    feed.send(&tick("user.1", 1));
+    feed.send(&tick("user.1", 2));
+    srv.wait_metric(
+        "tickwire_ingest_messages_total",
+        |v| v >= 7.0,
+        Duration::from_secs(5),
+    );
+    let mut c = Client::connect(srv.listen);
+    subscribe(&mut c, "user.1", None);
+    let get = |q: &str| {
+        let (code, body) = common::http_request(
+            srv.listen,
+            &format!("GET /api/channels{q} HTTP/1.1\r\n\r\n"),
+        );
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let mut names = Vec::new();
+    let mut cursor = Some(0u64);
+    while let Some(at) = cursor {
+        let page = get(&format!("?limit=2&cursor={at}"));
+        let list = page["channels"].as_array().unwrap();
+        assert!(list.len() <= 2);
+        for ch in list {
+            names.push(ch["name"].as_str().unwrap().to_string());
+            if ch["name"] == "user.1" {
+                assert_eq!(ch["class"], "notify");
+                assert_eq!(ch["seq"], 2);
+                assert_eq!(ch["history"], 2);
+                assert_eq!(ch["subscriptions"], 1);
+            } else {
+                assert_eq!(ch["class"], "default");
+            }
+        }
+        cursor = page["next"].as_u64();
+    }
+    names.sort();
+    assert_eq!(names, ["C0", "C1", "C2", "C3", "C4", "user.1"]);
+    assert_eq!(get("")["channels"].as_array().unwrap().len(), 6);
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -689,6 +689,26 @@ impl Ingest {
                         self.worker_bells[worker].ring();
                         continue;
                     }
+                    ToIngest::Channels {
+                        worker,
+                        conn,
+                        cursor,
+                        limit,
+                        head_only,
+                    } => {
+                        let body =
+                            self.sequencer
+                                .channels_json(cursor, limit, self.metrics.class_names());
+                        let page = crate::protocol::http::respond(
+                            "200 OK",
+                            "application/json",
+                            &body,
+                            head_only,
+                        );
+                        self.push(worker, ToWorker::Page(conn, page));
+                        self.worker_bells[worker].ring();
+                        continue;
+                    }
                     ToIngest::History {
                         worker,
                         conn,

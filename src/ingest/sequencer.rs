@@ -199,6 +199,33 @@ impl Sequencer {
         Some(out)
     }
 
+    /// An `/api/channels` body: up to `limit` channels from slot `cursor`,
+    /// `{"channels":[{"name","class","subscriptions","seq","epoch","history"}],"next":N|null}`.
+    pub fn channels_json(&self, cursor: usize, limit: usize, class_names: &[String]) -> Vec<u8> {
+        let mut list = Vec::with_capacity(limit);
+        let mut next = None;
+        for (slot, c) in self.channels.iter().enumerate().skip(cursor) {
+            if c.name.is_empty() {
+                continue;
+            }
+            if list.len() == limit {
+                next = Some(slot);
+                break;
+            }
+            list.push(serde_json::json!({
+                "name": &*c.name,
+                "class": class_names.get(c.class as usize).map_or("default", String::as_str),
+                "subscriptions": c.refs,
+                "seq": c.seq,
+                "epoch": history::epoch_string(self.engine_epoch, c.incarnation),
+                "history": c.history.len(),
+            }));
+        }
+        serde_json::json!({"channels": list, "next": next})
+            .to_string()
+            .into_bytes()
+    }
+
     /// Keeps the history within its byte cap: the channel that grows pays
     /// first, then a sweep takes the oldest entry of the channels in turn.
     fn enforce_history_cap(&mut self, grew: ChannelId) {

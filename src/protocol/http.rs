@@ -33,6 +33,9 @@ pub enum Request {
     /// `GET /api/history`: a channel's stored updates (the ingest thread
     /// answers).
     History(HistoryQuery),
+    /// `GET /api/channels`: a page of the channel table (the ingest thread
+    /// answers).
+    Channels(ChannelsQuery),
     /// `POST /api/publish` with its body length: the worker waits for the
     /// body, then checks and publishes it.
     Publish(PublishHead),
@@ -67,6 +70,19 @@ pub struct HistoryQuery {
     pub limit: usize,
     /// `Authorization: Bearer`, else `?token=`.
     pub token: Option<String>,
+    /// A HEAD request.
+    pub head_only: bool,
+}
+
+/// `GET /api/channels?cursor=N&limit=M`.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct ChannelsQuery {
+    /// Where the page starts (the `next` of the page before; 0 first).
+    pub cursor: usize,
+    /// Channels per page (1 to 1000; default 100).
+    pub limit: usize,
+    /// `Authorization: Bearer` (the API key).
+    pub bearer: Option<String>,
     /// A HEAD request.
     pub head_only: bool,
 }
@@ -176,6 +192,25 @@ pub fn parse(buf: &[u8]) -> Option<Request> {
                 other => other,
             });
         }
+        "/api/channels" => {
+            let bad = |why| Some(Request::Respond(Response::BadRequest(why)));
+            let cursor = match query_param(query, "cursor").map(|s| s.parse::<usize>()) {
+                None => 0,
+                Some(Ok(n)) => n,
+                Some(Err(_)) => return bad("cursor must be a number"),
+            };
+            let limit = match query_param(query, "limit").map(|s| s.parse::<usize>()) {
+                None => 100,
+                Some(Ok(n)) if (1..=HISTORY_LIMIT_MAX).contains(&n) => n,
+                Some(_) => return bad("limit must be 1 to 1000"),
+            };
+            return Some(Request::Channels(ChannelsQuery {
+                cursor,
+                limit,
+                bearer: bearer_token(req.headers),
+                head_only: method == "HEAD",
+            }));
+        }
         "/api/history" => {
             return Some(history_query(req.headers, query, method == "HEAD"));
         }
@@ -274,6 +309,17 @@ fn forwarded_addrs(headers: &[httparse::Header<'_>]) -> Vec<std::net::IpAddr> {
         }
     }
     out
+}
+
+fn bearer_token(headers: &[httparse::Header<'_>]) -> Option<String> {
+    header(headers, "Authorization")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_string())
+        })
 }
 
 fn publish_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Request {

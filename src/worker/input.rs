@@ -278,6 +278,37 @@ impl Worker {
                     }
                     return end;
                 }
+                Some(Request::Channels(q)) => {
+                    stats.counters.http_requests += 1;
+                    // Operators only: the API key, else loopback peers.
+                    let allowed = match &config.api_key {
+                        Some(key) => q
+                            .bearer
+                            .as_deref()
+                            .is_some_and(|b| crate::auth::constant_time_eq(b.as_bytes(), key)),
+                        None => conn
+                            .transport
+                            .peer_ip()
+                            .is_some_and(|ip| crate::limits::client_ip(ip, &[], &[]).is_loopback()),
+                    };
+                    if !allowed {
+                        stats.counters.http_rejects += 1;
+                        let resp = if config.api_key.is_some() {
+                            http::Response::Unauthorized("bad or missing API key")
+                        } else {
+                            http::Response::Forbidden("loopback only without an API key")
+                        };
+                        let bytes = http::render(resp, q.head_only, pages);
+                        conn.out.push_control(Entry::control(bytes));
+                        timers::enter_closing(conn, index, link, *now_ms);
+                        dirty.mark(conn, slot);
+                        return data.len();
+                    }
+                    timers::enter_closing(conn, index, link, *now_ms);
+                    conn.phase = Phase::Responding { since_ms: *now_ms };
+                    link.channels(conn.key, q.cursor, q.limit, q.head_only);
+                    return data.len();
+                }
                 Some(Request::History(q)) => {
                     stats.counters.http_requests += 1;
                     let refused = guard::check_history(&q, config, &metrics.refusals);

@@ -95,6 +95,17 @@ impl IngestLink {
         });
     }
 
+    /// Asks ingest for an `/api/channels` page for `conn`.
+    pub fn channels(&mut self, conn: ConnKey, cursor: usize, limit: usize, head_only: bool) {
+        self.backlog.push_back(ToIngest::Channels {
+            worker: self.worker,
+            conn,
+            cursor,
+            limit,
+            head_only,
+        });
+    }
+
     /// Asks ingest for an `/api/history` page for `conn`.
     pub fn history(&mut self, conn: ConnKey, query: crate::protocol::http::HistoryQuery) {
         self.backlog.push_back(ToIngest::History {
