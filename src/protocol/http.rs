@@ -341,14 +341,7 @@ fn publish_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Request {
         Some(0) => !connection.is_some_and(|v| has_token(v, "keep-alive")),
         _ => connection.is_some_and(|v| has_token(v, "close")),
     };
-    let bearer = header(headers, "Authorization")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| token.trim().to_string())
-        });
+    let bearer = bearer_token(headers);
     Request::Publish(PublishHead {
         head_len,
         body_len,
@@ -387,15 +380,7 @@ fn history_query(headers: &[httparse::Header<'_>], query: &str, head_only: bool)
         Some(Ok(n)) if (1..=HISTORY_LIMIT_MAX).contains(&n) => n,
         Some(_) => return bad("limit must be 1 to 1000"),
     };
-    let token = header(headers, "Authorization")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| token.trim().to_string())
-        })
-        .or_else(|| query_param(query, "token"));
+    let token = bearer_token(headers).or_else(|| query_param(query, "token"));
     Request::History(HistoryQuery {
         ch,
         since,
@@ -426,14 +411,7 @@ fn upgrade(headers: &[httparse::Header<'_>], query: &str, head_len: usize) -> Re
     if key.len() != 24 {
         return Request::Respond(Response::BadRequest("invalid Sec-WebSocket-Key"));
     }
-    let bearer = header(headers, "Authorization")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| token.trim().to_string())
-        });
+    let bearer = bearer_token(headers);
     let meta = UpgradeMeta {
         token: bearer.or_else(|| query_param(query, "token")),
         origin: header(headers, "Origin")

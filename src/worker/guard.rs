@@ -80,6 +80,18 @@ pub fn check_upgrade(
     Ok(needed.then(|| Box::new(guard)))
 }
 
+/// The producer and operator endpoints (publish, the channel list): the
+/// API key when one is configured, else loopback peers only.
+pub fn operator_allowed(conn: &Conn, bearer: Option<&str>, config: &Config) -> bool {
+    match &config.api_key {
+        Some(key) => bearer.is_some_and(|b| crate::auth::constant_time_eq(b.as_bytes(), key)),
+        None => conn
+            .transport
+            .peer_ip()
+            .is_some_and(|ip| client_ip(ip, &[], &[]).is_loopback()),
+    }
+}
+
 /// Checks an `/api/history` request against authentication: the response
 /// that refuses it, if any (no token, a bad one, a channel it does not
 /// allow).

@@ -201,26 +201,18 @@ impl Worker {
             match parsed {
                 None => return 0,
                 Some(Request::Publish(h)) => {
-                    let (status, why, close) = if let Some(key) = &config.api_key {
-                        match &h.bearer {
-                            Some(b) if crate::auth::constant_time_eq(b.as_bytes(), key) => {
-                                ("", "", false)
-                            }
-                            _ => ("401 Unauthorized", "bad or missing API key", true),
-                        }
-                    } else if conn
-                        .transport
-                        .peer_ip()
-                        .is_some_and(|ip| crate::limits::client_ip(ip, &[], &[]).is_loopback())
-                    {
-                        ("", "", false)
-                    } else {
-                        (
-                            "403 Forbidden",
-                            "publishing from another host needs an API key (api_key_file)",
-                            true,
-                        )
-                    };
+                    let (status, why, close) =
+                        if guard::operator_allowed(conn, h.bearer.as_deref(), config) {
+                            ("", "", false)
+                        } else if config.api_key.is_some() {
+                            ("401 Unauthorized", "bad or missing API key", true)
+                        } else {
+                            (
+                                "403 Forbidden",
+                                "publishing from another host needs an API key (api_key_file)",
+                                true,
+                            )
+                        };
                     let (status, why) = if close {
                         (status, why)
                     } else if h.body_len > config.max_publish_body {
@@ -239,9 +231,7 @@ impl Worker {
                         );
                         let bytes =
                             http::respond_keep_alive(status, "application/json", &body, true);
-                        conn.out.push_control(Entry::control(bytes));
-                        timers::enter_closing(conn, index, link, *now_ms);
-                        dirty.mark(conn, slot);
+                        answer_and_close(conn, bytes, index, link, *now_ms, dirty, slot);
                         return data.len();
                     }
                     let end = h.head_len + h.body_len;
@@ -280,17 +270,7 @@ impl Worker {
                 }
                 Some(Request::Channels(q)) => {
                     stats.counters.http_requests += 1;
-                    // Operators only: the API key, else loopback peers.
-                    let allowed = match &config.api_key {
-                        Some(key) => q
-                            .bearer
-                            .as_deref()
-                            .is_some_and(|b| crate::auth::constant_time_eq(b.as_bytes(), key)),
-                        None => conn
-                            .transport
-                            .peer_ip()
-                            .is_some_and(|ip| crate::limits::client_ip(ip, &[], &[]).is_loopback()),
-                    };
+                    let allowed = guard::operator_allowed(conn, q.bearer.as_deref(), config);
                     if !allowed {
                         stats.counters.http_rejects += 1;
                         let resp = if config.api_key.is_some() {
@@ -299,9 +279,7 @@ impl Worker {
                             http::Response::Forbidden("loopback only without an API key")
                         };
                         let bytes = http::render(resp, q.head_only, pages);
-                        conn.out.push_control(Entry::control(bytes));
-                        timers::enter_closing(conn, index, link, *now_ms);
-                        dirty.mark(conn, slot);
+                        answer_and_close(conn, bytes, index, link, *now_ms, dirty, slot);
                         return data.len();
                     }
                     timers::enter_closing(conn, index, link, *now_ms);
@@ -314,9 +292,7 @@ impl Worker {
                     let refused = guard::check_history(&q, config, &metrics.refusals);
                     if let Some(resp) = refused {
                         let bytes = http::render(resp, q.head_only, pages);
-                        conn.out.push_control(Entry::control(bytes));
-                        timers::enter_closing(conn, index, link, *now_ms);
-                        dirty.mark(conn, slot);
+                        answer_and_close(conn, bytes, index, link, *now_ms, dirty, slot);
                         return data.len();
                     }
                     // The ingest thread owns the history: it renders the page.
@@ -338,9 +314,7 @@ impl Worker {
                     stats.counters.http_requests += 1;
                     stats.counters.http_rejects += 1;
                     let bytes = http::render(http::Response::NotFound, false, pages);
-                    conn.out.push_control(Entry::control(bytes));
-                    timers::enter_closing(conn, index, link, *now_ms);
-                    dirty.mark(conn, slot);
+                    answer_and_close(conn, bytes, index, link, *now_ms, dirty, slot);
                     return data.len();
                 }
                 Some(Request::Upgrade {
@@ -354,9 +328,7 @@ impl Worker {
                         Err(resp) => {
                             stats.counters.http_requests += 1;
                             let bytes = http::render(resp, false, pages);
-                            conn.out.push_control(Entry::control(bytes));
-                            timers::enter_closing(conn, index, link, *now_ms);
-                            dirty.mark(conn, slot);
+                            answer_and_close(conn, bytes, index, link, *now_ms, dirty, slot);
                             return data.len();
                         }
                     }
@@ -380,9 +352,7 @@ impl Worker {
                         return data.len();
                     }
                     let bytes = http::render(resp, head_only, pages);
-                    conn.out.push_control(Entry::control(bytes));
-                    timers::enter_closing(conn, index, link, *now_ms);
-                    dirty.mark(conn, slot);
+                    answer_and_close(conn, bytes, index, link, *now_ms, dirty, slot);
                     return data.len();
                 }
             }
@@ -529,6 +499,21 @@ impl Worker {
         events.clear();
         self.events = events;
     }
+}
+
+/// Queues a final HTTP response; the connection ends once it is written.
+fn answer_and_close(
+    conn: &mut Conn,
+    bytes: Bytes,
+    index: &mut crate::worker::fanout::SubscriberIndex,
+    link: &mut crate::worker::link::IngestLink,
+    now_ms: u64,
+    dirty: &mut crate::worker::output::DirtyList,
+    slot: u32,
+) {
+    conn.out.push_control(Entry::control(bytes));
+    timers::enter_closing(conn, index, link, now_ms);
+    dirty.mark(conn, slot);
 }
 
 /// Whether a connection that is only reading to drop input should be
