@@ -23,11 +23,21 @@ const REQUESTS_MAX: usize = 256;
 /// How often the thread looks at the shutdown flag while idle.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
+/// The pages the admin thread renders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// `/metrics`, Prometheus text.
+    Metrics,
+    /// `/api/stats`, the dashboard's JSON.
+    Stats,
+}
+
 /// One page to render for a worker's connection.
 #[derive(Debug)]
 struct Request {
     worker: usize,
     conn: ConnKey,
+    page: Page,
     head_only: bool,
 }
 
@@ -39,13 +49,14 @@ pub struct AdminLink {
 }
 
 impl AdminLink {
-    /// Asks for the metrics page for `conn`; false if the admin thread is
-    /// saturated or gone (the caller answers 503 itself).
-    pub fn request(&self, worker: usize, conn: ConnKey, head_only: bool) -> bool {
+    /// Asks for `page` for `conn`; false if the admin thread is saturated
+    /// or gone (the caller answers 503 itself).
+    pub fn request(&self, worker: usize, conn: ConnKey, page: Page, head_only: bool) -> bool {
         self.requests
             .try_send(Request {
                 worker,
                 conn,
+                page,
                 head_only,
             })
             .is_ok()
@@ -69,13 +80,22 @@ pub struct Admin {
     bells: Vec<Arc<Doorbell>>,
     metrics: Arc<Metrics>,
     shutdown: Arc<AtomicBool>,
+    started: Instant,
+    demo: bool,
+    /// The merged latency histogram at the start of the stats window, so
+    /// the dashboard's percentiles are recent, not since start.
+    window: Option<(Instant, hdrhistogram::Histogram<u64>)>,
 }
+
+/// How long the dashboard's latency percentiles look back, at least.
+const STATS_WINDOW: Duration = Duration::from_secs(10);
 
 /// The admin thread and one link per worker.
 pub fn new(
     metrics: Arc<Metrics>,
     bells: Vec<Arc<Doorbell>>,
     shutdown: Arc<AtomicBool>,
+    demo: bool,
 ) -> (Admin, Vec<AdminLink>) {
     let (req_tx, req_rx) = bounded(REQUESTS_MAX);
     let mut replies = Vec::with_capacity(bells.len());
@@ -94,13 +114,16 @@ pub fn new(
         bells,
         metrics,
         shutdown,
+        started: Instant::now(),
+        demo,
+        window: None,
     };
     (admin, links)
 }
 
 impl Admin {
     /// Serves requests until shutdown.
-    pub fn run(self) {
+    pub fn run(mut self) {
         while !self.shutdown.load(Ordering::Relaxed) {
             if let Ok(req) = self.requests.recv_timeout(IDLE_POLL) {
                 self.serve(req);
@@ -110,17 +133,62 @@ impl Admin {
 
     /// Renders one page (each scrape sees current counters) and hands it to
     /// the worker that asked.
-    fn serve(&self, req: Request) {
-        let body = self.metrics.render();
-        let page = http::respond(
-            "200 OK",
-            "text/plain; version=0.0.4",
-            body.as_bytes(),
-            req.head_only,
-        );
+    fn serve(&mut self, req: Request) {
+        let page = match req.page {
+            Page::Metrics => http::respond(
+                "200 OK",
+                "text/plain; version=0.0.4",
+                self.metrics.render().as_bytes(),
+                req.head_only,
+            ),
+            Page::Stats => http::respond(
+                "200 OK",
+                "application/json",
+                self.stats().as_bytes(),
+                req.head_only,
+            ),
+        };
         if self.replies[req.worker].try_send((req.conn, page)).is_ok() {
             self.bells[req.worker].ring();
         }
+    }
+}
+
+impl Admin {
+    /// `/api/stats`: counters since start, and latency percentiles over
+    /// the last 10 to 20 seconds.
+    fn stats(&mut self) -> String {
+        let now = Instant::now();
+        let all = self.metrics.latency();
+        let recent = match &self.window {
+            Some((_, start)) if all.len() > start.len() => {
+                let mut d = all.clone();
+                // `start` is an earlier state of the same cumulative
+                // histogram, so every count in it is also in `all`.
+                d.subtract(start).ok().map(|_| d)
+            }
+            _ => None,
+        };
+        if self
+            .window
+            .as_ref()
+            .is_none_or(|(t, _)| now.duration_since(*t) >= STATS_WINDOW)
+        {
+            self.window = Some((now, all.clone()));
+        }
+        let h = recent.as_ref().unwrap_or(&all);
+        let q = |q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(q) as f64 / 1000.0
+            }
+        };
+        self.metrics.stats_json(
+            self.started.elapsed().as_secs_f64(),
+            self.demo,
+            (q(0.5), q(0.99)),
+        )
     }
 }
 

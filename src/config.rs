@@ -44,6 +44,9 @@ pub const DEFAULT_MAX_CHANNELS: usize = 1_000_000;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 200_000;
 /// How long a SIGTERM drain spreads its 1012 closes over.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a long-poll waits for something new: under the 30 s many
+/// proxies and load balancers allow an idle response.
+pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(25);
 /// Clock skew allowed on token `exp` and `nbf`.
 pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
 /// How long before `exp` a client is asked for a new token.
@@ -87,6 +90,8 @@ pub struct Config {
     pub slow_consumer_timeout: Duration,
     /// SIGTERM closes clients with 1012 spread over this window.
     pub drain_timeout: Duration,
+    /// A long-poll with nothing new answers after this long.
+    pub poll_timeout: Duration,
     /// Per-connection outbound bytes before conflation.
     pub outbound_budget: usize,
     /// Conflate as soon as a client's socket would block (else only past
@@ -172,6 +177,7 @@ impl Default for Config {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             slow_consumer_timeout: DEFAULT_SLOW_CONSUMER_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            poll_timeout: DEFAULT_POLL_TIMEOUT,
             outbound_budget: DEFAULT_OUTBOUND_BUDGET,
             conflate_on_block: true,
             pace_when_contended: true,
@@ -296,6 +302,9 @@ pub struct Cli {
     /// On SIGTERM, close clients with 1012 spread evenly over this long, then exit; 0 stops at once with 1001 [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
+    /// A long-poll (GET /poll) with nothing new answers after this long with an empty list [default: 25s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub poll_timeout: Option<Duration>,
     /// Outbound bytes queued per connection before updates are conflated, e.g. 256KiB [default: 256KiB]
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub outbound_budget: Option<usize>,
@@ -416,6 +425,7 @@ struct FileConfig {
     idle_timeout: Option<DurationValue>,
     slow_consumer_timeout: Option<DurationValue>,
     drain_timeout: Option<DurationValue>,
+    poll_timeout: Option<DurationValue>,
     outbound_budget: Option<SizeValue>,
     socket_send_buffer: Option<SizeValue>,
     socket_notsent_lowat: Option<SizeValue>,
@@ -686,6 +696,7 @@ impl Config {
         set!(idle_timeout, duration_of);
         set!(slow_consumer_timeout, duration_of);
         set!(drain_timeout, duration_of);
+        set!(poll_timeout, duration_of);
         set!(outbound_budget, size_of);
         set!(max_frame_size, size_of);
         set!(socket_send_buffer, size_of);
@@ -935,6 +946,7 @@ impl Config {
             ("idle_timeout", self.idle_timeout),
             ("slow_consumer_timeout", self.slow_consumer_timeout),
             ("drain_timeout", self.drain_timeout),
+            ("poll_timeout", self.poll_timeout),
             ("jwt_leeway", self.jwt_leeway),
             ("token_refresh_lead", self.token_refresh_lead),
             ("history_ttl", self.history_ttl),

@@ -1,7 +1,7 @@
 //! The built-in demo: a synthetic feed handler that writes realistic quotes
 //! (random-walk mid prices, bid/ask, sizes) for about 50 symbols to the
-//! engine's own ingest port, like any external feed would, and the quote page
-//! served at `/`.
+//! engine's own ingest port, like any external feed would, and the
+//! dashboard served at `/`.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -19,6 +19,15 @@ pub const SYMBOLS: [&str; 50] = [
     "BAC", "QCOM", "TXN", "IBM", "CAT", "GS", "MS", "BA", "GE", "UBER", "SHOP", "PYPL",
 ];
 
+/// A believable starting mid price for each of [`SYMBOLS`] (US dollars,
+/// the order of the list; round figures of the names' recent ranges).
+const START_PRICES: [f64; 50] = [
+    228.0, 425.0, 135.0, 198.0, 172.0, 590.0, 255.0, 468.0, 242.0, 305.0, 520.0, 118.0, 158.0,
+    82.0, 525.0, 168.0, 235.0, 395.0, 158.0, 112.0, 178.0, 860.0, 172.0, 70.0, 915.0, 450.0, 335.0,
+    890.0, 138.0, 21.5, 59.0, 182.0, 540.0, 378.0, 295.0, 76.0, 112.0, 72.0, 44.0, 158.0, 198.0,
+    235.0, 375.0, 585.0, 122.0, 178.0, 188.0, 72.0, 112.0, 78.0,
+];
+
 /// Ticks are written in batches this often.
 const BATCH_PERIOD: Duration = Duration::from_millis(5);
 
@@ -34,15 +43,20 @@ pub fn run_feed(ingest: SocketAddr, rate: u32, shutdown: Arc<AtomicBool>) {
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
     let mut rng = Rng::new(seed);
-    let mut quotes: Vec<Quote> = SYMBOLS
+    let mut quotes: Vec<Quote> = START_PRICES
         .iter()
-        .map(|_| Quote {
-            mid: 20.0 + rng.unit() * 480.0,
+        .map(|&p| Quote {
+            // Within half a percent of the reference, so each run differs.
+            mid: p * (1.0 + (rng.unit() - 0.5) * 0.01),
             spread_bps: 1.0 + rng.unit() * 4.0,
         })
         .collect();
-    // Popularity: a few names trade far more than the rest (Zipf-like).
-    let weights: Vec<f64> = (1..=SYMBOLS.len()).map(|k| 1.0 / k as f64).collect();
+    // Popularity: the first names trade more than the last, but gently
+    // (1/sqrt(rank): the busiest about 7 times the quietest), so every row
+    // of the board moves several times a second at the default rate.
+    let weights: Vec<f64> = (1..=SYMBOLS.len())
+        .map(|k| 1.0 / (k as f64).sqrt())
+        .collect();
     let total: f64 = weights.iter().sum();
     let cumulative: Vec<f64> = weights
         .iter()
@@ -90,8 +104,8 @@ pub fn run_feed(ingest: SocketAddr, rate: u32, shutdown: Arc<AtomicBool>) {
                     bid % 100,
                     ask / 100,
                     ask % 100,
-                    100 * (1 + rng.below(50)),
-                    100 * (1 + rng.below(50)),
+                    lot_size(&mut rng, q.mid),
+                    lot_size(&mut rng, q.mid),
                     t
                 );
                 batch.extend_from_slice(&line);
@@ -105,86 +119,21 @@ pub fn run_feed(ingest: SocketAddr, rate: u32, shutdown: Arc<AtomicBool>) {
     }
 }
 
-/// The quote page served at `/`: subscribes to the symbols in its box (the
-/// demo's by default) and shows each one's latest quote, seq and update count.
-pub fn index_html(symbols: &[&str]) -> String {
-    INDEX_HTML.replace("__SYMBOLS__", &symbols.join(","))
+/// A displayed size: round lots of 100, fewer for dear names (a $900
+/// stock shows a few hundred shares, a $20 one a few thousand).
+fn lot_size(rng: &mut Rng, mid: f64) -> u64 {
+    let lots = (4000.0 / mid.max(1.0)).clamp(1.0, 60.0) as u64;
+    100 * (1 + rng.below(lots.max(1) * 2))
 }
 
-const INDEX_HTML: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>tickwire</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font:14px/1.4 system-ui,sans-serif;margin:2em;background:#0e1116;color:#d8dee9}
-h1{font-size:18px;margin:0 0 .5em}
-input{width:60%;background:#1b2029;color:#d8dee9;border:1px solid #333;padding:4px}
-table{border-collapse:collapse;margin-top:1em;min-width:640px}
-td,th{padding:2px 12px;text-align:right;font-variant-numeric:tabular-nums}
-th{color:#8892a6;font-weight:normal;border-bottom:1px solid #333}
-td:first-child,th:first-child{text-align:left}
-.up{color:#5fd38d}.down{color:#ff6b6b}#status{color:#8892a6}
-</style></head><body>
-<h1>tickwire live quotes</h1>
-<form id="f"><input id="syms" value="__SYMBOLS__"> <button>subscribe</button></form>
-<div id="status">connecting…</div>
-<table><thead><tr><th>symbol</th><th>bid</th><th>ask</th><th>bid size</th><th>ask size</th><th>seq</th><th>updates</th></tr></thead><tbody id="rows"></tbody></table>
-<script>
-const rows = {}, tbody = document.getElementById('rows'), status = document.getElementById('status');
-let ws, total = 0;
-const fmt = (v) => typeof v === 'number' ? v.toFixed(2) : v;
-function subscribe() {
-  const chans = document.getElementById('syms').value.split(',').map(s => s.trim()).filter(Boolean);
-  if (ws && ws.readyState === 1 && chans.length) ws.send(JSON.stringify({op: 'subscribe', channels: chans}));
+/// The dashboard served at `/` (`src/web/index.html`, embedded): a live
+/// quote board on tickwire.js, the server panel, and, while the engine has
+/// no channels, how to feed it, with the address its ingest port is on.
+pub fn dashboard_html(ingest: SocketAddr) -> String {
+    DASHBOARD_HTML
+        .replace("__INGEST_HOST__", &ingest.ip().to_string())
+        .replace("__INGEST_PORT__", &ingest.port().to_string())
+        .replace("__INGEST__", &ingest.to_string())
 }
-function row(ch) {
-  if (rows[ch]) return rows[ch];
-  const tr = document.createElement('tr');
-  tr.innerHTML = '<td>' + ch + '</td><td></td><td></td><td></td><td></td><td></td><td>0</td>';
-  tbody.appendChild(tr);
-  return rows[ch] = {tr, n: 0, bid: 0};
-}
-function connect() {
-  ws = new WebSocket((location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws');
-  ws.onopen = () => { status.textContent = 'connected'; subscribe(); };
-  ws.onclose = () => { status.textContent = 'disconnected, retrying…'; setTimeout(connect, 1000); };
-  ws.onmessage = (e) => {
-    const m = JSON.parse(e.data);
-    if (m.type === 'error') { status.textContent = 'error: ' + m.message; return; }
-    if (m.type !== 'update') return;
-    const r = row(m.ch), d = m.data, c = r.tr.children;
-    r.n++; total++;
-    if (d.bid !== undefined) { c[1].className = d.bid >= r.bid ? 'up' : 'down'; r.bid = d.bid; c[1].textContent = fmt(d.bid); }
-    if (d.ask !== undefined) c[2].textContent = fmt(d.ask);
-    if (d.bid_size !== undefined) c[3].textContent = d.bid_size;
-    if (d.ask_size !== undefined) c[4].textContent = d.ask_size;
-    c[5].textContent = m.seq; c[6].textContent = r.n;
-    status.textContent = 'connected, ' + total + ' updates';
-  };
-}
-document.getElementById('f').onsubmit = (e) => { e.preventDefault(); subscribe(); };
-connect();
-</script></body></html>
-"#;
 
-/// The page at `/` when no demo feed runs: what the engine is and how to
-/// feed it and subscribe, with the addresses it actually listens on.
-pub fn feed_help_html(listen: SocketAddr, ingest: SocketAddr) -> String {
-    format!(
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>tickwire</title>
-<style>body{{font:15px/1.5 system-ui,sans-serif;max-width:46em;margin:2em auto;padding:0 1em}}code,pre{{background:#f3f3f3;padding:.1em .3em}}</style>
-</head><body>
-<h1>tickwire is running</h1>
-<p>No feed is publishing to this page. Feed handlers send newline-delimited JSON to the ingest port
-<code>{ingest}</code>, one object per line with a string field <code>ch</code>:</p>
-<pre>printf '{{"ch":"AAPL","bid":189.5,"ask":189.6}}\n' | nc {ingest_host} {ingest_port}</pre>
-<p>Clients subscribe over WebSocket at <code>ws://{listen}/ws</code> with
-<code>{{"op":"subscribe","channels":["AAPL"]}}</code>.
-Start the engine with <code>--demo</code> for a built-in synthetic feed and a live quote board here.
-Metrics: <a href="/metrics">/metrics</a>.</p>
-</body></html>
-"#,
-        ingest_host = ingest.ip(),
-        ingest_port = ingest.port(),
-    )
-}
+const DASHBOARD_HTML: &str = include_str!("web/index.html");

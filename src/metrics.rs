@@ -321,6 +321,29 @@ impl Metrics {
         all
     }
 
+    /// The dashboard's JSON (`/api/stats`): counters since start; the
+    /// latency percentiles (µs) are the caller's.
+    pub fn stats_json(&self, uptime_s: f64, demo: bool, latency_us: (f64, f64)) -> String {
+        format!(
+            concat!(
+                "{{\"uptime_s\":{:.1},\"workers\":{},\"connections\":{},\"subscriptions\":{},",
+                "\"channels\":{},\"deliveries\":{},\"conflated\":{},\"ingest_messages\":{},",
+                "\"latency_us\":{{\"p50\":{:.1},\"p99\":{:.1}}},\"demo\":{}}}"
+            ),
+            uptime_s,
+            self.workers.len(),
+            self.total(|w| &w.connections),
+            self.total(|w| &w.subscriptions),
+            self.ingest.channels.load(Ordering::Relaxed),
+            self.total(|w| &w.deliveries),
+            self.total(|w| &w.conflated),
+            self.ingest.messages.load(Ordering::Relaxed),
+            latency_us.0,
+            latency_us.1,
+            demo,
+        )
+    }
+
     /// Renders the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(4096);

@@ -140,11 +140,7 @@ impl Engine {
         let lifecycle = Arc::new(Lifecycle::default());
         let ingest_poll = Poll::new()?;
         let ingest_bell = Doorbell::new(Waker::new(ingest_poll.registry(), ingest::WAKER_TOKEN)?);
-        let index_html = Bytes::from(if config.demo {
-            crate::demo::index_html(&crate::demo::SYMBOLS)
-        } else {
-            crate::demo::feed_help_html(listen, ingest_addr)
-        });
+        let index_html = Bytes::from(crate::demo::dashboard_html(ingest_addr));
 
         let mut polls = Vec::with_capacity(n);
         let mut worker_bells = Vec::with_capacity(n);
@@ -160,6 +156,7 @@ impl Engine {
             Arc::clone(&metrics),
             worker_bells.clone(),
             Arc::clone(&shutdown),
+            config.demo,
         );
         let mut to_workers = Vec::with_capacity(n);
         let mut from_workers = Vec::with_capacity(n);

@@ -965,39 +965,37 @@ fn non_upgrade_get_of_ws_gets_426_and_a_bad_version_400() {
     );
 }
 
-fn is_quote_page(body: &str) -> bool {
-    body.contains("live quotes") && body.contains("<table")
+fn is_dashboard(body: &str) -> bool {
+    body.contains("id=\"board\"") && body.contains("/tickwire.js")
 }
 
-/// Without --demo nothing feeds the quote page: `/` says how to feed the
-/// engine instead. With --demo it is the live quote page.
+/// `/` is the dashboard (on tickwire.js, served at `/tickwire.js`) with or
+/// without --demo; while the engine has no channels it says how to feed
+/// it, naming the ingest port it really listens on.
 #[test]
-fn index_page_without_demo_says_how_to_feed_and_with_demo_shows_quotes() {
+fn index_page_is_the_dashboard_and_says_how_to_feed_the_engine() {
     let _turn = one_at_a_time();
     let demo = Server::start(&["--demo", "--demo-rate", "100"]);
     let (status, page) = demo.http_get("/");
     assert_eq!(status, 200);
-    assert!(
-        is_quote_page(&page) && page.contains("AAPL"),
-        "--demo: {page}"
-    );
+    assert!(is_dashboard(&page), "--demo: {page}");
+    let (status, js) = demo.http_get("/tickwire.js");
+    assert_eq!(status, 200);
+    assert!(js.contains("export function connect"));
     drop(demo);
 
     let srv = Server::start(&[]);
     let (status, page) = srv.http_get("/");
     assert_eq!(status, 200, "{page}");
+    assert!(is_dashboard(&page), "{page}");
     assert!(
-        !is_quote_page(&page),
-        "without --demo, / serves the demo quote page (nothing feeds it)"
+        page.contains("id=\"help\"") && page.to_ascii_lowercase().contains("ingest"),
+        "without channels, / does not say how to feed the engine: {page}"
     );
+    let addr = srv.ingest.to_string();
     assert!(
-        page.to_ascii_lowercase().contains("ingest"),
-        "without --demo, / does not say how to feed the engine: {page}"
-    );
-    let port = srv.ingest.port().to_string();
-    eprintln!(
-        "the page names the ingest port {port}: {}",
-        page.contains(&port)
+        page.contains(&addr),
+        "the page does not name the ingest port {addr}"
     );
 }
 

@@ -194,3 +194,50 @@ fn coalescing_and_conflating_allocate_per_channel_per_turn_not_per_subscriber() 
         "{allocations} allocations for {turns} turns x {CHANNELS} channels x {SUBSCRIBERS} subscribers"
     );
 }
+
+/// The SSE transport frames each delivery into the connection's reused
+/// staging buffer (an id and a copy of the payload): still no allocation per
+/// delivery once the buffers are warm.
+#[test]
+fn sse_framing_allocates_per_frame_not_per_subscriber() {
+    use tickwire::protocol::http::StreamKind;
+    use tickwire::worker::stream::{Framer, HttpStream};
+    let frame = tickwire::protocol::frame::update(b"AAPL", 1, br#"{"ch":"AAPL","bid":1.5}"#);
+    let channels: Vec<Box<str>> = vec!["AAPL".into(), "MSFT".into()];
+    let mut subs: Vec<(OutQueue, HttpStream)> = (0..1000)
+        .map(|_| {
+            (
+                OutQueue::default(),
+                HttpStream::new(StreamKind::Sse, &channels, &[], 0, false),
+            )
+        })
+        .collect();
+    let mut deliveries = 0u64;
+    let mut round = |subs: &mut Vec<(OutQueue, HttpStream)>, frames: u64, seq0: u64| {
+        for k in 0..frames {
+            let f = Entry::update(Bytes::clone(&frame), ChannelId(0), seq0 + k, 0);
+            for (q, _) in subs.iter_mut() {
+                q.push_update(Rc::clone(&f), 256 * 1024);
+            }
+        }
+        for (q, s) in subs.iter_mut() {
+            q.flush(&mut Framer(s), |_| deliveries += 1).unwrap();
+            // The socket took it all.
+            let n = s.staged().len();
+            s.consume(n);
+        }
+    };
+    round(&mut subs, 8, 1);
+    let before = allocations();
+    COUNTING.with(|c| c.set(true));
+    for r in 0..100 {
+        round(&mut subs, 8, 100 + r * 8);
+    }
+    COUNTING.with(|c| c.set(false));
+    let allocations = allocations() - before;
+    assert_eq!(deliveries, 1000 * 8 * 101);
+    assert!(
+        allocations <= 800,
+        "{allocations} allocations for 800 frames and 800,000 SSE deliveries"
+    );
+}

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every check and test of the repository: formatting, lints, the engine's
 # unit and loopback integration tests, the tools' tests, each benchmark once
-# in test mode, the Autobahn conformance cases (tools/autobahn.sh, which
-# installs its runner from PyPI) and a replay of the fuzz corpus. Tests start the real
+# in test mode, tickwire.js's unit tests, the browser and EventSource tests
+# (tools/js-tests.sh, which installs Debian's chromium and the npm packages of
+# tests/js when missing), the Autobahn conformance cases (tools/autobahn.sh,
+# which installs its runner from PyPI) and a replay of the fuzz corpus. Tests start the real
 # binaries on ephemeral loopback ports. The fuzz replay (tools/fuzz.sh) installs
 # what it needs: cargo-fuzz from crates.io, and the nightly toolchain with
 # rustup when it is missing (falling back to the stable toolchain with
@@ -60,6 +62,12 @@ if ! command -v cargo >/dev/null; then
   echo "cargo not found: install a Rust toolchain (rustup) first" >&2
   exit 1
 fi
+need_node() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "node and npm not found: the client library and browser tests need Node.js (apt-get install nodejs npm)" >&2
+    return 1
+  fi
+}
 # 1,000-client and toolkit tests open a few thousand sockets.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 current=""
@@ -76,6 +84,11 @@ step "engine tests (release)"
 cargo test --release -p tickwire
 step "benches compile and run once"
 cargo test --benches -p tickwire
+step "tickwire.js unit tests (node --test, fake transport)"
+need_node
+(cd clients/js && node --test test/*.test.js)
+step "browser and EventSource tests (headless Chromium, npm eventsource)"
+tools/js-tests.sh
 step "WebSocket conformance (Autobahn cases against /echo)"
 tools/autobahn.sh
 step "fuzz corpus replay"

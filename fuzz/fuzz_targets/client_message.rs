@@ -1,4 +1,4 @@
-//! Client text messages: subscribe (with `since`), unsubscribe and auth.
+//! Client text messages: subscribe (with `since`), unsubscribe, auth and ping.
 //! Never panics; what it accepts is within the documented limits.
 #![no_main]
 
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(since.is_empty() || since.len() == names.len());
         }
         Ok(ClientOp::Unsubscribe(names)) => check(&names, max),
-        Ok(ClientOp::Auth(_)) => {}
+        Ok(ClientOp::Auth(_) | ClientOp::Ping) => {}
         Err(e) => assert!(!e.message.is_empty()),
     }
 });

@@ -174,7 +174,10 @@ impl History {
             reason,
             snapshot: last.cloned(),
         };
-        if *since.epoch != *epoch {
+        // Seq 0 is "nothing received yet": every update of the current
+        // stream is new to the client, whatever epoch it saw the channel in
+        // (an empty channel may be forgotten and made again between polls).
+        if *since.epoch != *epoch && since.seq != 0 {
             return resync("epoch changed: the stream restarted");
         }
         if since.seq > seq {

@@ -100,6 +100,10 @@ pub enum ClientOp {
     Unsubscribe(Vec<Box<str>>),
     /// Authenticate, or refresh the token.
     Auth(String),
+    /// An application-level ping (`{"op":"ping"}`): answered with
+    /// `{"type":"pong"}`. Browsers cannot see WebSocket pings, so this is
+    /// how a page learns the server still answers.
+    Ping,
 }
 
 /// A bad client message: answered with an error frame, connection kept.
@@ -166,11 +170,14 @@ pub fn parse_client_message(text: &[u8], max_channels: usize) -> Result<ClientOp
             )),
         };
     }
+    if op == "ping" {
+        return Ok(ClientOp::Ping);
+    }
     if op != "subscribe" && op != "unsubscribe" {
         return Err(ClientError::new(
             ErrorCode::UnknownOp,
             format!(
-                "unknown op {:?}: use subscribe, unsubscribe or auth",
+                "unknown op {:?}: use subscribe, unsubscribe, auth or ping",
                 truncate(&op, 64)
             ),
         ));
@@ -340,6 +347,21 @@ pub fn subscribed_frame(names: &[Box<str>], positions: &[(&str, u64, &str)]) -> 
 pub fn resync_frame(ch: &str, epoch: &str, reason: &str) -> Bytes {
     let body = serde_json::json!({"type": "resync", "ch": ch, "epoch": epoch, "reason": reason});
     frame::text(body.to_string().as_bytes())
+}
+
+/// `{"type":"error","code":"forbidden","message":...,"channels":[...]}`:
+/// the token does not allow these channels (named, so a client can drop
+/// them without reading the message).
+pub fn forbidden_frame(channels: &[Box<str>]) -> Bytes {
+    let message = format!("not allowed by the token: {}", channels.join(","));
+    let body = serde_json::json!({"type": "error", "code": ErrorCode::Forbidden.as_str(),
+        "message": message, "channels": channels});
+    frame::text(body.to_string().as_bytes())
+}
+
+/// `{"type":"pong"}`: the answer to `{"op":"ping"}`.
+pub fn pong_frame() -> Bytes {
+    frame::text(b"{\"type\":\"pong\"}")
 }
 
 /// `{"type":"error","code":...,"message":...}` as a frame.

@@ -155,6 +155,43 @@ pub fn update(channel: &[u8], seq: u64, data: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// The server frames packed back to back in `bytes` (a queue entry), as
+/// (opcode, payload); stops at a truncated frame. Server frames are
+/// unmasked and final, so the payload is a plain slice.
+pub fn server_frames(bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        let b0 = *rest.first()?;
+        let b1 = *rest.get(1)?;
+        let (head, len) = match b1 & 0x7F {
+            n @ 0..=125 => (2usize, n as usize),
+            126 => (
+                4,
+                u16::from_be_bytes(rest.get(2..4)?.try_into().ok()?) as usize,
+            ),
+            _ => (
+                10,
+                usize::try_from(u64::from_be_bytes(rest.get(2..10)?.try_into().ok()?)).ok()?,
+            ),
+        };
+        let payload = rest.get(head..head.checked_add(len)?)?;
+        rest = &rest[head + len..];
+        Some((b0 & 0x0F, payload))
+    })
+}
+
+/// The channel and seq of an update payload built by [`update`]; `None`
+/// for any other message.
+pub fn update_channel_seq(payload: &[u8]) -> Option<(&[u8], u64)> {
+    let rest = payload.strip_prefix(UPDATE_PREFIX)?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let (ch, rest) = rest.split_at(end);
+    let rest = rest.strip_prefix(UPDATE_SEQ)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let seq = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    Some((ch, seq))
+}
+
 /// One frame parsed from client bytes; its payload is already unmasked.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ClientFrame<'a> {
@@ -305,6 +342,24 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn packed_server_frames_split_back_into_payloads() {
+        let mut packed = Vec::new();
+        packed.extend_from_slice(&update(b"AAPL", 7, b"{}"));
+        let big = vec![b'x'; 300];
+        packed.extend_from_slice(&update(b"B.1", 123456, &big));
+        packed.extend_from_slice(&close(CloseCode::GoingAway, "bye"));
+        let frames: Vec<_> = server_frames(&packed).collect();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0].0, OPCODE_TEXT);
+        assert_eq!(update_channel_seq(frames[0].1), Some((&b"AAPL"[..], 7)));
+        assert_eq!(update_channel_seq(frames[1].1), Some((&b"B.1"[..], 123456)));
+        assert_eq!(frames[2].0, OPCODE_CLOSE);
+        assert_eq!(update_channel_seq(br#"{"type":"pong"}"#), None);
+        // A truncated frame ends the walk instead of reading past the end.
+        assert_eq!(server_frames(&packed[..packed.len() - 1]).count(), 2);
+    }
+
     use super::*;
 
     fn masked(opcode: u8, fin: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {

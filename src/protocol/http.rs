@@ -39,8 +39,39 @@ pub enum Request {
     /// `POST /api/publish` with its body length: the worker waits for the
     /// body, then checks and publishes it.
     Publish(PublishHead),
+    /// `GET /sse` or `GET /poll`: updates over plain HTTP (the worker
+    /// checks access and subscribes).
+    Stream(StreamQuery),
     /// A plain request: respond with this and close.
     Respond(Response),
+}
+
+/// Which HTTP transport a [`StreamQuery`] asks for.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum StreamKind {
+    /// Server-Sent Events: one long response, an event per message.
+    Sse,
+    /// Long-polling: one JSON answer per request, held until something new.
+    Poll,
+}
+
+/// `GET /sse?channels=A,B&since=TOKEN` or `GET /poll?channels=A,B&since=TOKEN&timeout=S`.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct StreamQuery {
+    /// SSE or long-poll.
+    pub kind: StreamKind,
+    /// Bytes of the request head.
+    pub head_len: usize,
+    /// The channels (valid names, deduplicated, in order).
+    pub channels: Vec<Box<str>>,
+    /// Where to resume (`Last-Event-ID`, else `since`).
+    pub since: Vec<crate::protocol::resume::Entry>,
+    /// Token, origin and proxy addresses, as on an upgrade.
+    pub meta: UpgradeMeta,
+    /// Long-poll: hold at most this many seconds (capped by `poll_timeout`).
+    pub timeout_s: Option<u64>,
+    /// The client asked to close after this request.
+    pub close: bool,
 }
 
 /// The head of a `POST /api/publish`.
@@ -126,6 +157,11 @@ pub enum Response {
     PayloadTooLarge,
     /// 200 with the quote page.
     Index,
+    /// 200 with the client library, `/tickwire.js`.
+    Script,
+    /// 200 with the JSON stats the dashboard draws (the admin thread
+    /// renders it, like the metrics).
+    Stats,
     /// 404.
     NotFound,
     /// 405 for methods other than GET/HEAD.
@@ -214,6 +250,11 @@ pub fn parse(buf: &[u8]) -> Option<Request> {
         "/api/history" => {
             return Some(history_query(req.headers, query, method == "HEAD"));
         }
+        "/sse" | "/poll" if method == "HEAD" => Response::BadRequest("a stream is a GET request"),
+        "/sse" => return Some(stream_query(&req, query, head_len, StreamKind::Sse)),
+        "/poll" => return Some(stream_query(&req, query, head_len, StreamKind::Poll)),
+        "/tickwire.js" => Response::Script,
+        "/api/stats" => Response::Stats,
         "/healthz" => Response::Health,
         "/metrics" => Response::Metrics,
         "/readyz" => Response::Ready,
@@ -322,6 +363,78 @@ fn bearer_token(headers: &[httparse::Header<'_>]) -> Option<String> {
         })
 }
 
+/// Whether the client asked to close after this request.
+fn wants_close(req: &httparse::Request<'_, '_>) -> bool {
+    let connection = header(req.headers, "Connection");
+    match req.version {
+        Some(0) => !connection.is_some_and(|v| has_token(v, "keep-alive")),
+        _ => connection.is_some_and(|v| has_token(v, "close")),
+    }
+}
+
+fn stream_query(
+    req: &httparse::Request<'_, '_>,
+    query: &str,
+    head_len: usize,
+    kind: StreamKind,
+) -> Request {
+    let bad = |why| Request::Respond(Response::BadRequest(why));
+    let headers = &*req.headers;
+    let Some(list) = query_param(query, "channels") else {
+        return bad("missing channels: ?channels=A,B");
+    };
+    let mut channels: Vec<Box<str>> = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if !crate::channel::is_valid(name.as_bytes()) {
+            return bad("invalid channel: need 1 to 128 bytes of A-Za-z0-9._:-");
+        }
+        if channels.len() > crate::protocol::resume::TOKEN_ENTRIES_MAX {
+            return bad("too many channels");
+        }
+        if !channels.iter().any(|c| **c == *name) {
+            channels.push(name.into());
+        }
+    }
+    if channels.is_empty() {
+        return bad("missing channels: ?channels=A,B");
+    }
+    // EventSource sends the last id it saw when it reconnects by itself:
+    // newer than the `since` of the URL it was opened with.
+    let last_event_id = match kind {
+        StreamKind::Sse => header(headers, "Last-Event-ID")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_string),
+        StreamKind::Poll => None,
+    };
+    let since = match last_event_id.or_else(|| query_param(query, "since")) {
+        None => Vec::new(),
+        Some(t) => match crate::protocol::resume::parse(&t) {
+            Ok(s) => s,
+            Err(_) => return bad("bad resume token: need NAME~SEQ~EPOCH entries joined by commas"),
+        },
+    };
+    let timeout_s = match query_param(query, "timeout").map(|s| s.parse::<u64>()) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return bad("timeout must be a number of seconds"),
+    };
+    Request::Stream(StreamQuery {
+        kind,
+        head_len,
+        channels,
+        since,
+        meta: UpgradeMeta {
+            token: bearer_token(headers).or_else(|| query_param(query, "token")),
+            origin: header(headers, "Origin")
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(|v| v.trim().to_string()),
+            forwarded: forwarded_addrs(headers),
+        },
+        timeout_s,
+        close: wants_close(req),
+    })
+}
+
 fn publish_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Request {
     let headers = &*req.headers;
     if header(headers, "Transfer-Encoding").is_some() {
@@ -336,11 +449,7 @@ fn publish_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Request {
     else {
         return Request::Respond(Response::BadRequest("invalid Content-Length"));
     };
-    let connection = header(headers, "Connection");
-    let close = match req.version {
-        Some(0) => !connection.is_some_and(|v| has_token(v, "keep-alive")),
-        _ => connection.is_some_and(|v| has_token(v, "close")),
-    };
+    let close = wants_close(req);
     let bearer = bearer_token(headers);
     Request::Publish(PublishHead {
         head_len,
@@ -454,6 +563,9 @@ pub struct Pages {
     pub index: Bytes,
 }
 
+/// The client library, served at `/tickwire.js` (the dashboard imports it).
+pub const TICKWIRE_JS: &str = include_str!("../../clients/js/tickwire.js");
+
 const TEXT: &str = "text/plain; charset=utf-8";
 
 /// The complete response for a plain request (not `/metrics`, which the
@@ -511,6 +623,18 @@ pub fn render(resp: Response, head_only: bool, pages: &Pages) -> Bytes {
             "200 OK",
             "text/html; charset=utf-8",
             &pages.index,
+            head_only,
+        ),
+        Response::Script => respond(
+            "200 OK",
+            "text/javascript; charset=utf-8",
+            TICKWIRE_JS.as_bytes(),
+            head_only,
+        ),
+        Response::Stats => respond(
+            "503 Service Unavailable",
+            TEXT,
+            b"stats unavailable\n",
             head_only,
         ),
         Response::NotFound => respond("404 Not Found", TEXT, b"not found\n", head_only),

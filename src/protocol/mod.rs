@@ -8,9 +8,11 @@
 //!   reassembly, control frames, close codes.
 //! - [`client`]: the JSON client messages, replies and error codes.
 //! - [`publish`]: the HTTP publish API's bodies and answers.
+//! - [`resume`]: the resume token of the HTTP transports (SSE, long-poll).
 
 pub mod client;
 pub mod frame;
 pub mod http;
 pub mod publish;
+pub mod resume;
 pub mod ws;

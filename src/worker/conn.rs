@@ -78,8 +78,9 @@ impl PartialInput {
 }
 
 /// Access state of an upgraded connection: the address it counts against,
-/// who it is, and its message allowance. Boxed: only WebSocket connections
-/// under some limit or authentication carry one.
+/// who it is, its message allowance, and the HTTP stream of an SSE or
+/// long-poll client. Boxed: only connections under some limit or
+/// authentication, or on an HTTP stream, carry one.
 #[derive(Debug, Default)]
 pub struct Guard {
     /// The client address admitted to the per-address table (released at
@@ -89,6 +90,8 @@ pub struct Guard {
     pub auth: ConnAuth,
     /// Messages per second.
     pub bucket: MessageBucket,
+    /// On `/sse` or `/poll`: how its frames are written for HTTP.
+    pub stream: Option<crate::worker::stream::HttpStream>,
 }
 
 /// One connection. Kept small: an idle connection costs its socket, this
@@ -126,7 +129,7 @@ pub struct Conn {
     pub read_paused: bool,
     /// On the conformance echo endpoint: messages are echoed, not requests.
     pub echo: bool,
-    /// Limits and authentication, from the upgrade on.
+    /// Limits, authentication and the HTTP stream, from the upgrade on.
     pub guard: Option<Box<Guard>>,
 }
 
@@ -161,6 +164,11 @@ impl Conn {
         } else {
             self.out.push_control(frame);
         }
+    }
+
+    /// The SSE or long-poll stream, if the client is on one.
+    pub fn stream(&self) -> Option<&crate::worker::stream::HttpStream> {
+        self.guard.as_ref()?.stream.as_ref()
     }
 
     /// Authentication state (`Off` without a guard).

@@ -41,6 +41,8 @@ pub enum OwnedEvent {
     Pong,
     /// A close frame with its code (1005: none).
     Close(u16),
+    /// An HTTP stream (SSE, long-poll) opened: subscribe it.
+    Subscribe(Vec<Box<str>>, Vec<Option<crate::ingest::history::Position>>),
 }
 
 impl Worker {
@@ -48,12 +50,33 @@ impl Worker {
     /// is used, acting on what it sent.
     pub(crate) fn read(&mut self, slot: u32) {
         let budget = self.config.outbound_budget;
+        if self
+            .conns
+            .get(slot as usize)
+            .is_some_and(|c| matches!(c.phase, Phase::Handshake { .. }) && c.input.is_some())
+        {
+            // Requests pipelined behind an answered one (long-poll).
+            self.pump_http(slot);
+        }
         for _ in 0..READS_PER_TURN {
             let Some(conn) = self.conns.get_mut(slot as usize) else {
                 return;
             };
             conn.read_pending = false;
             let ending = conn.phase.is_ending();
+            if conn.phase == Phase::Open
+                && conn
+                    .stream()
+                    .is_some_and(|s| s.kind == http::StreamKind::Poll)
+                && conn
+                    .input
+                    .as_ref()
+                    .is_some_and(|p| p.bytes.len() > http::MAX_REQUEST_HEAD)
+            {
+                // A pipelined request waits for the poll's answer.
+                conn.read_paused = true;
+                return;
+            }
             if matches!(conn.phase, Phase::Publishing { .. })
                 && conn.input.as_ref().is_some_and(|p| {
                     p.bytes.len() > http::MAX_REQUEST_HEAD + self.config.max_publish_body
@@ -179,12 +202,24 @@ impl Worker {
             // Pipelined input waits for the answer in flight.
             return 0;
         }
+        if conn.phase == Phase::Open
+            && let Some(s) = conn.stream()
+        {
+            return match s.kind {
+                // An event stream only sends; a client has nothing to say.
+                http::StreamKind::Sse => data.len(),
+                // The next request waits for this poll's answer.
+                http::StreamKind::Poll => 0,
+            };
+        }
         if matches!(conn.phase, Phase::Handshake { .. }) {
             let parsed = match http::parse(data) {
                 // New clients during a drain would only be cut again.
-                Some(Request::Upgrade { .. }) if lifecycle.is_draining() => Some(Request::Respond(
-                    http::Response::Unavailable("server draining: reconnect later"),
-                )),
+                Some(Request::Upgrade { .. } | Request::Stream(_)) if lifecycle.is_draining() => {
+                    Some(Request::Respond(http::Response::Unavailable(
+                        "server draining: reconnect later",
+                    )))
+                }
                 // The admin port serves it instead.
                 Some(Request::Respond(http::Response::Metrics))
                     if config.admin_listen.is_some() =>
@@ -301,6 +336,64 @@ impl Worker {
                     link.history(conn.key, q);
                     return data.len();
                 }
+                Some(Request::Stream(q)) => {
+                    stats.counters.http_requests += 1;
+                    let checked = guard::check_upgrade(
+                        conn,
+                        &q.meta,
+                        config,
+                        ips,
+                        &metrics.refusals,
+                        *now_ms,
+                    )
+                    .and_then(|g| {
+                        conn.guard = g;
+                        if matches!(conn.auth(), crate::auth::ConnAuth::Waiting { .. }) {
+                            // A stream cannot send `{"op":"auth"}` later.
+                            metrics.refusals.auth(&crate::auth::AuthError::Missing);
+                            return Err(http::Response::Unauthorized(
+                                "missing token: pass ?token= or Authorization: Bearer",
+                            ));
+                        }
+                        if q.channels.len() > config.max_channels_per_connection {
+                            return Err(http::Response::BadRequest(
+                                "more channels than max_channels_per_connection",
+                            ));
+                        }
+                        Ok(())
+                    });
+                    if let Err(resp) = checked {
+                        stats.counters.http_rejects += 1;
+                        let bytes = http::render(resp, false, pages);
+                        answer_and_close(conn, bytes, index, link, *now_ms, dirty, slot);
+                        return data.len();
+                    }
+                    let since = q
+                        .channels
+                        .iter()
+                        .map(|c| q.since.iter().find(|e| e.ch == *c).map(|e| e.pos.clone()))
+                        .collect();
+                    let max_ms = config.poll_timeout.as_millis() as u64;
+                    let wait_ms = q
+                        .timeout_s
+                        .map_or(max_ms, |t| t.saturating_mul(1000).min(max_ms));
+                    conn.guard.get_or_insert_with(Box::default).stream =
+                        Some(crate::worker::stream::HttpStream::new(
+                            q.kind,
+                            &q.channels,
+                            &q.since,
+                            now_ms.saturating_add(wait_ms),
+                            q.close,
+                        ));
+                    conn.phase = Phase::Open;
+                    conn.last_ping_ms = *now_ms;
+                    events.push(OwnedEvent::Subscribe(q.channels, since));
+                    dirty.mark(conn, slot);
+                    return match q.kind {
+                        http::StreamKind::Sse => data.len(),
+                        http::StreamKind::Poll => q.head_len,
+                    };
+                }
                 Some(Request::Echo { accept, head_len }) if config.conformance_echo => {
                     conn.out
                         .push_control(Entry::control(http::switching_protocols(&accept)));
@@ -345,7 +438,14 @@ impl Worker {
                         stats.counters.http_rejects += 1;
                     }
                     let head_only = http::is_head(data);
-                    if resp == http::Response::Metrics && admin.request(*id, conn.key, head_only) {
+                    let page = match resp {
+                        http::Response::Metrics => Some(crate::admin::Page::Metrics),
+                        http::Response::Stats => Some(crate::admin::Page::Stats),
+                        _ => None,
+                    };
+                    if let Some(page) = page
+                        && admin.request(*id, conn.key, page, head_only)
+                    {
                         // The admin thread renders it; queued when it comes back.
                         timers::enter_closing(conn, index, link, *now_ms);
                         conn.phase = Phase::Responding { since_ms: *now_ms };
@@ -452,6 +552,9 @@ impl Worker {
                 break;
             }
             match ev {
+                OwnedEvent::Subscribe(names, since) => {
+                    self.subscribe(slot, names.clone(), since.clone());
+                }
                 // The conformance endpoint: the same read and write path as
                 // /ws, answering each message with itself.
                 OwnedEvent::Text(text) if conn.echo => {

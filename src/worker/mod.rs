@@ -5,7 +5,9 @@
 //! out to the channel's subscribers as `Rc` bumps into their queues
 //! ([`fanout`]), answers requests ([`requests`]), then writes each
 //! connection that has something due once ([`output`]); timers and shutdown
-//! live in [`timers`]. No allocation and no lock per delivered message.
+//! live in [`timers`]. Clients on the HTTP transports (SSE, long-poll) are
+//! subscribers like the rest; [`stream`] frames their queue at write time.
+//! No allocation and no lock per delivered message.
 //!
 //! The worker's state is split by owner: the connections ([`conn`], each
 //! with its [`subscriptions`] and outbound queue, [`conflate`]), the
@@ -23,6 +25,7 @@ pub mod input;
 pub mod link;
 pub mod output;
 pub mod requests;
+pub mod stream;
 pub mod subscriptions;
 pub mod timers;
 

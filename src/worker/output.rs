@@ -8,9 +8,11 @@ use hdrhistogram::Histogram;
 use crate::channel::ChannelId;
 use crate::clock;
 use crate::metrics::{self, WorkerCounters};
+use crate::protocol::http::StreamKind;
 use crate::worker::Worker;
-use crate::worker::conflate::Flushed;
+use crate::worker::conflate::{Flushed, OutQueue};
 use crate::worker::conn::{Conn, Phase};
+use crate::worker::stream::{Framer, HttpStream};
 
 /// A queue that grew past this many entries is freed when it empties, so a
 /// burst does not pin memory on an idle connection.
@@ -87,7 +89,7 @@ pub fn write_out(
     if conn.transport.flush_pending().is_err() {
         return Err(PeerGone);
     }
-    let result = conn.out.flush(&mut conn.transport, |f| {
+    let sent = |f: &crate::worker::conflate::Entry| {
         if f.channel != ChannelId::NONE {
             counters.deliveries += f.count();
             f.for_each_ingest_ns(|t| {
@@ -95,7 +97,11 @@ pub fn write_out(
                 let _ = latency.record(ns.min(60_000_000_000));
             });
         }
-    });
+    };
+    let result = match conn.guard.as_deref_mut().and_then(|g| g.stream.as_mut()) {
+        None => conn.out.flush(&mut conn.transport, sent),
+        Some(s) => write_stream(s, &mut conn.out, &mut conn.transport, sent),
+    };
     let result = match result {
         Ok((Flushed::Drained, n)) if conn.transport.has_pending() => Ok((Flushed::Blocked, n)),
         r => r,
@@ -126,6 +132,44 @@ pub fn write_out(
     }
 }
 
+/// Writes an HTTP stream connection: its staged SSE bytes first, then the
+/// queue's entries framed for HTTP (see [`crate::worker::stream`]). A
+/// long-poll only collects; its answer is written once it is due.
+fn write_stream<W: std::io::Write>(
+    s: &mut HttpStream,
+    out: &mut OutQueue,
+    transport: &mut W,
+    mut sent: impl FnMut(&crate::worker::conflate::Entry),
+) -> std::io::Result<(Flushed, usize)> {
+    use std::io::ErrorKind;
+    let mut total = 0;
+    loop {
+        while s.has_staged() {
+            match transport.write(s.staged()) {
+                Ok(0) => return Ok((Flushed::Blocked, total)),
+                Ok(n) => {
+                    s.consume(n);
+                    total += n;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    return Ok((Flushed::Blocked, total));
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if out.is_empty() {
+            return Ok((Flushed::Drained, total));
+        }
+        out.flush(&mut Framer(s), &mut sent)?;
+        if s.kind == StreamKind::Poll {
+            // The framer took everything.
+            debug_assert!(out.is_empty());
+            return Ok((Flushed::Drained, total));
+        }
+    }
+}
+
 impl Worker {
     /// Writes every connection marked dirty; returns how many were written.
     pub(crate) fn flush_dirty(&mut self) -> usize {
@@ -151,14 +195,21 @@ impl Worker {
         written
     }
 
-    fn flush(&mut self, slot: u32) {
+    pub(crate) fn flush(&mut self, slot: u32) {
         let conn = &mut self.conns[slot as usize];
-        match write_out(
+        let result = write_out(
             conn,
             &mut self.stats,
             self.now_ms,
             self.config.conflate_on_block,
-        ) {
+        );
+        if result.is_ok()
+            && crate::worker::stream::poll_due(conn, self.now_ms, self.config.outbound_budget)
+        {
+            self.answer_poll(slot);
+            return;
+        }
+        match result {
             Ok(Flushed::Drained) if matches!(conn.phase, Phase::Closing { .. }) => {
                 // All written: end our side, and read until the peer ends
                 // its, so unread input cannot reset the connection and

@@ -39,52 +39,10 @@ impl Worker {
         match parsed {
             // Answered above.
             Ok(ClientOp::Auth(_)) => {}
-            Ok(ClientOp::Subscribe(mut names, mut since)) => {
-                let forbidden: Vec<Box<str>> = names
-                    .iter()
-                    .filter(|n| !conn.auth().allows(n))
-                    .cloned()
-                    .collect();
-                if !forbidden.is_empty() {
-                    // The rest of the request is applied.
-                    if !since.is_empty() {
-                        let auth = conn.auth();
-                        let mut keep = names.iter().map(|n| auth.allows(n));
-                        since.retain(|_| keep.next().unwrap_or(false));
-                    }
-                    names.retain(|n| conn.auth().allows(n));
-                    stats.counters.client_errors += 1;
-                    let msg = format!("not allowed by the token: {}", forbidden.join(","));
-                    conn.reply(Entry::control(client::error_frame(
-                        ErrorCode::Forbidden,
-                        &msg,
-                    )));
-                    if names.is_empty() {
-                        return;
-                    }
-                }
-                let new = names.iter().filter(|n| !conn.subs.contains(n)).count();
-                if conn.subs.len() + new > max {
-                    stats.counters.client_errors += 1;
-                    let msg = format!(
-                        "subscribing to {new} more channels would pass the limit of {max} per connection ({} now)",
-                        conn.subs.len()
-                    );
-                    conn.reply(Entry::control(client::error_frame(
-                        ErrorCode::TooManyChannels,
-                        &msg,
-                    )));
-                    return;
-                }
-                for n in &names {
-                    if !conn.subs.contains(n) {
-                        conn.subs.set(n, Sub::Pending);
-                    }
-                }
-                // The ack waits for the ingest thread's reply: "subscribed"
-                // means live, and every later update of these channels follows.
-                conn.subs.request_sent();
-                link.subscribe(conn.key, names, since);
+            Ok(ClientOp::Ping) => conn.reply(Entry::control(client::pong_frame())),
+            Ok(ClientOp::Subscribe(names, since)) => {
+                self.subscribe(slot, names, since);
+                return;
             }
             Ok(ClientOp::Unsubscribe(names)) => {
                 let mut ended = Vec::new();
@@ -104,6 +62,68 @@ impl Worker {
                 conn.reply(Entry::control(client::error_frame(e.code, &e.message)));
             }
         }
+        self.check_invariants();
+    }
+
+    /// Subscribes a connection to `names`, each from its `since` position
+    /// (aligned with the names; empty for none): what the token forbids
+    /// is refused with an error and the rest applied; the ack waits for the
+    /// ingest thread's reply. WebSocket requests and the HTTP transports'
+    /// streams come here alike.
+    pub(crate) fn subscribe(
+        &mut self,
+        slot: u32,
+        mut names: Vec<Box<str>>,
+        mut since: Vec<Option<crate::ingest::history::Position>>,
+    ) {
+        let max = self.config.max_channels_per_connection;
+        let Worker {
+            conns, link, stats, ..
+        } = self;
+        let Some(conn) = conns.get_mut(slot as usize) else {
+            return;
+        };
+        let forbidden: Vec<Box<str>> = names
+            .iter()
+            .filter(|n| !conn.auth().allows(n))
+            .cloned()
+            .collect();
+        if !forbidden.is_empty() {
+            // The rest of the request is applied.
+            if !since.is_empty() {
+                let auth = conn.auth();
+                let mut keep = names.iter().map(|n| auth.allows(n));
+                since.retain(|_| keep.next().unwrap_or(false));
+            }
+            names.retain(|n| conn.auth().allows(n));
+            stats.counters.client_errors += 1;
+            conn.reply(Entry::control(client::forbidden_frame(&forbidden)));
+            if names.is_empty() {
+                return;
+            }
+        }
+        let new = names.iter().filter(|n| !conn.subs.contains(n)).count();
+        if conn.subs.len() + new > max {
+            stats.counters.client_errors += 1;
+            let msg = format!(
+                "subscribing to {new} more channels would pass the limit of {max} per connection ({} now)",
+                conn.subs.len()
+            );
+            conn.reply(Entry::control(client::error_frame(
+                ErrorCode::TooManyChannels,
+                &msg,
+            )));
+            return;
+        }
+        for n in &names {
+            if !conn.subs.contains(n) {
+                conn.subs.set(n, Sub::Pending);
+            }
+        }
+        // The ack waits for the ingest thread's reply: "subscribed"
+        // means live, and every later update of these channels follows.
+        conn.subs.request_sent();
+        link.subscribe(conn.key, names, since);
         self.check_invariants();
     }
 
@@ -188,11 +208,8 @@ impl Worker {
             stats.counters.client_errors += 1;
         }
         if !forbidden.is_empty() {
-            let msg = format!("not allowed by the token: {}", forbidden.join(","));
-            conn.out.push_control(Entry::control(client::error_frame(
-                ErrorCode::Forbidden,
-                &msg,
-            )));
+            conn.out
+                .push_control(Entry::control(client::forbidden_frame(&forbidden)));
             stats.counters.client_errors += 1;
         }
         if !acked.is_empty() || (refused.is_empty() && forbidden.is_empty()) {

@@ -146,6 +146,18 @@ impl Worker {
                         // Try the close frame once more even though it blocked.
                         conn.write_blocked = false;
                         dirty.mark(conn, slot);
+                    } else if let Some(st) = conn.stream() {
+                        // An HTTP stream only listens: it is never idle;
+                        // a dead peer shows as a write error or a stall.
+                        if st.kind == crate::protocol::http::StreamKind::Poll {
+                            if now >= st.deadline_ms {
+                                dirty.mark(conn, slot);
+                            }
+                        } else if now.saturating_sub(conn.last_ping_ms) >= ping_ms {
+                            conn.last_ping_ms = now;
+                            conn.out.push_control(std::rc::Rc::clone(ping));
+                            dirty.mark(conn, slot);
+                        }
                     } else if now.saturating_sub(conn.last_rx_ms) >= idle_ms {
                         stats.counters.idle_closes += 1;
                         let reason =
