@@ -2,7 +2,8 @@
 //! the way a worker does it (an `Rc` bump into each connection's queue, then
 //! one gathered write per connection), against a fake writer that accepts
 //! everything, so the syscall is mocked out and only the engine's work is timed.
-//! The last case adds per-turn coalescing, as the worker does it.
+//! The coalesced cases add per-turn coalescing, as the worker does it, for
+//! WebSocket subscribers and for SSE ones (framed for HTTP at write time).
 
 use std::hint::black_box;
 use std::io::{self, IoSlice, Write};
@@ -93,6 +94,47 @@ fn bench(c: &mut Criterion) {
             let mut delivered = 0u64;
             for q in queues.iter_mut() {
                 q.flush(&mut sink, |f| delivered += f.count()).unwrap();
+            }
+            black_box(delivered)
+        })
+    });
+    // The same turn to subscribers on SSE: each entry is framed into the
+    // connection's staging buffer (an `id:` with the channels' positions
+    // and a copy of the payload), which the socket then takes.
+    g.bench_function("1000_sse_subscribers_8_updates_coalesced", |b| {
+        use tickwire::protocol::http::StreamKind;
+        use tickwire::worker::stream::{Framer, HttpStream};
+        let channels: Vec<Box<str>> = vec!["AAPL".into(), "MSFT".into()];
+        let mut subs: Vec<(OutQueue, HttpStream)> = (0..SUBSCRIBERS)
+            .map(|_| {
+                (
+                    OutQueue::default(),
+                    HttpStream::new(StreamKind::Sse, &channels, &[], 0, false),
+                )
+            })
+            .collect();
+        let mut coalescer = Coalescer::new(32 * 1024);
+        let mut sink = Sink(0);
+        let mut seq = 0;
+        b.iter(|| {
+            for _ in 0..8 {
+                seq += 1;
+                assert!(
+                    coalescer
+                        .add(ChannelId(0), seq, 0, Bytes::clone(&frame))
+                        .is_none()
+                );
+            }
+            for f in coalescer.drain() {
+                for (q, _) in subs.iter_mut() {
+                    q.push_update(Rc::clone(&f), 256 * 1024);
+                }
+            }
+            let mut delivered = 0u64;
+            for (q, s) in subs.iter_mut() {
+                q.flush(&mut Framer(s), |f| delivered += f.count()).unwrap();
+                let n = sink.write(s.staged()).unwrap();
+                s.consume(n);
             }
             black_box(delivered)
         })
