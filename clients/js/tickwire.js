@@ -98,6 +98,9 @@ export class TickwireClient {
     this._listeners = new Map(); // event name -> Set of listeners
     this._transportIndex = 0;
     this._failedOpens = 0; // consecutive failed opens of the current transport
+    // Transports that have opened once: their later failures are network
+    // trouble, not a blocked transport, so they never lead to fallback.
+    this._everOpened = new Set();
     this._attempt = 0; // backoff exponent; reset once a connection stayed up stableMs
     this._conn = null;
     this._token = o.token ?? null;
@@ -240,6 +243,7 @@ export class TickwireClient {
   _up(conn) {
     if (this._conn !== conn || conn.opened) return;
     conn.opened = true;
+    this._everOpened.add(conn.kind);
     this._failedOpens = 0;
     this._stableTimer = this._setTimeout(() => {
       this._stableTimer = null;
@@ -259,7 +263,7 @@ export class TickwireClient {
     if (info.code === 1008) {
       this._emit('error', { code: 'policy', message: info.reason || 'closed by server policy (1008)' });
     }
-    if (!conn.opened) {
+    if (!conn.opened && !this._everOpened.has(conn.kind)) {
       this._failedOpens += 1;
       if (this._failedOpens >= this._o.failuresBeforeFallback) {
         this._failedOpens = 0;

@@ -37,26 +37,45 @@ test('fallback order websocket -> sse -> polling after two failed opens each', a
   ]);
 });
 
-test('one failed open then success does not fall back; a fallback that worked is kept', async () => {
+test('one failed open then success does not fall back; a transport that worked is kept', async () => {
   const h = await setup({ transports: ['websocket', 'sse'] });
   h.tw.subscribe('AAPL', () => {});
   await flush();
   h.WebSocket.instances[0].fail();
   await retry(h);
   h.WebSocket.instances[1].open();
-  h.WebSocket.instances[1].fail(); // was open: not a failed open
+  h.WebSocket.instances[1].fail(); // was open: a network drop
+  // Failed opens of a transport that has worked are network trouble (a
+  // cut, a server restart), not a blocked transport: it stays.
+  for (let i = 2; i < 6; i++) {
+    await retry(h);
+    h.WebSocket.instances[i].fail();
+  }
   await retry(h);
-  h.WebSocket.instances[2].fail();
+  assert.equal(h.WebSocket.instances.length, 7);
+  assert.equal(h.EventSource.instances.length, 0, 'no fallback after WebSocket had worked');
+  assert.equal(h.tw.transport, 'websocket');
+});
+
+test('a fallback that worked is kept when it drops', async () => {
+  const h = await setup({ transports: ['websocket', 'sse'] });
+  h.tw.subscribe('AAPL', () => {});
+  await flush();
+  h.WebSocket.instances[0].fail();
   await retry(h);
-  assert.equal(h.WebSocket.instances.length, 4, 'the counter restarted after the open');
-  h.WebSocket.instances[3].fail();
+  h.WebSocket.instances[1].fail();
   await retry(h);
   const es = h.EventSource.instances[0];
   es.open();
   es.fail(); // drops after having worked: reconnect on SSE
   await retry(h);
   assert.equal(h.EventSource.instances.length, 2);
-  assert.equal(h.WebSocket.instances.length, 4);
+  h.EventSource.instances[1].fail();
+  await retry(h);
+  h.EventSource.instances[2].fail();
+  await retry(h);
+  assert.equal(h.EventSource.instances.length, 4);
+  assert.equal(h.WebSocket.instances.length, 2);
 });
 
 test('a missing transport implementation counts as a failed open', async () => {
