@@ -215,7 +215,13 @@ fn sse_ids_resume_every_channel_exactly_with_last_event_id() {
     feed_ticks(&srv, &mut feed, "A", 16, 1);
     let got = sse.until("A 16", |e| is_update(e, "A", 16));
     assert_eq!(seqs(&got, "A"), vec![16]);
-    assert!(srv.metric("tickwire_replayed_total") >= 7.0);
+    // Workers publish their counters after the turn that wrote the replay.
+    let replayed = srv.wait_metric(
+        "tickwire_replayed_total",
+        |v| v >= 7.0,
+        Duration::from_secs(5),
+    );
+    assert!(replayed >= 7.0, "{replayed}");
 }
 
 #[test]
