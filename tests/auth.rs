@@ -341,15 +341,15 @@ fn auth_bad_token_flood_costs_little_and_loses_nothing() {
         );
         assert_eq!(code, 401);
         feed.send(&tick("W", i));
+        // Read as we go: a witness that stops reading is a slow consumer
+        // and is rightly conflated once the kernel's buffers fill.
+        assert_eq!(witness.recv()["seq"], i);
     }
     let cpu = cpu_seconds(srv.pid()) - cpu0;
     let per = cpu / N as f64 * 1e6;
     eprintln!("{N} bad-token upgrades: {per:.0} µs engine CPU each (with one delivery each)");
     // Debug build, loaded machine: far under a millisecond each.
     assert!(per < 2_000.0, "{per} µs CPU per rejected upgrade");
-    for i in 1..=N {
-        assert_eq!(witness.recv()["seq"], i);
-    }
     assert!(
         srv.metric_label("tickwire_auth_failures_total", "reason=\"bad_signature\"") >= N as f64
     );
