@@ -10,6 +10,7 @@
 //! loadgen --url ws://127.0.0.1:9000/ws --connections 100 --pattern one --channel S0000 \
 //!         --slow-fraction 0.1 --slow-rate 50 --hgrm fast.hgrm --hgrm-slow slow.hgrm
 //! loadgen --url ws://127.0.0.1:8080 --protocol nats --connections 100 --channels S0000
+//! loadgen --url ws://127.0.0.1:9000 --protocol sse --connections 1000 --channels AAPL   # or poll
 //! loadgen ... --connections 40000 --processes 3 --source-ips 127.0.0.1,127.0.0.2
 //! loadgen --url wss://127.0.0.1:9443/ws --tls-ca cert.pem --connections 1000 --channels AAPL
 //! ```
@@ -24,6 +25,7 @@
 //! `--slow-pause` s; their seq jumps count as `slow.skipped`, not gaps.
 //! `--json` prints one JSON object (see README.md for the schema).
 
+mod http;
 mod nats;
 mod scan;
 mod stats;
@@ -60,12 +62,16 @@ enum Pattern {
 enum ProtocolArg {
     Tickwire,
     Nats,
+    /// tickwire's Server-Sent Events transport (`GET /sse` on the URL's host).
+    Sse,
+    /// tickwire's long-polling transport (`GET /poll` on the URL's host).
+    Poll,
 }
 
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "loadgen",
-    about = "WebSocket fanout load generator (tickwire protocol or NATS over WebSocket)"
+    about = "WebSocket fanout load generator (tickwire protocol, its SSE and long-poll transports, or NATS over WebSocket)"
 )]
 struct Cli {
     /// Server URL, e.g. ws://127.0.0.1:9000/ws (NATS: ws://HOST:PORT);
@@ -130,6 +136,9 @@ struct Cli {
     /// on loopback lets megabytes pile up before the server notices).
     #[arg(long, default_value_t = 65536)]
     slow_rcvbuf: usize,
+    /// What the clients speak: tickwire or NATS over WebSocket, or tickwire's
+    /// SSE or long-poll transport (these request /sse or /poll on the URL's
+    /// host and ignore its path).
     #[arg(long, value_enum, default_value = "tickwire")]
     protocol: ProtocolArg,
     /// Print exactly one JSON object on stdout instead of the table.
@@ -362,6 +371,8 @@ fn run_local(cli: &Cli) -> Result<(Report, Histogram<u64>, Histogram<u64>)> {
     let protocol = match cli.protocol {
         ProtocolArg::Tickwire => Protocol::Tickwire,
         ProtocolArg::Nats => Protocol::Nats,
+        ProtocolArg::Sse => Protocol::Sse,
+        ProtocolArg::Poll => Protocol::Poll,
     };
     let cfg = Arc::new(Config {
         addr,

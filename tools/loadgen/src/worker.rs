@@ -1,8 +1,10 @@
 //! One load-generating thread: its own mio `Poll` (edge-triggered) driving a
 //! share of the client connections through connect → (TLS) → HTTP upgrade →
-//! subscribe → receive, with slow-consumer emulation and local statistics
+//! subscribe → receive (or, for tickwire's HTTP transports, an SSE stream or
+//! a long-poll loop), with slow-consumer emulation and local statistics
 //! that are published to the main thread for progress and the final report.
 
+use crate::http::{self, PollItem};
 use crate::nats::{self, NatsEvent, NatsParser};
 use crate::scan::{self, FrameType};
 use crate::stats::{self, Counters, SeqOutcome};
@@ -25,6 +27,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub enum Protocol {
     Tickwire,
     Nats,
+    /// tickwire's `GET /sse`: one event stream per client.
+    Sse,
+    /// tickwire's `GET /poll`: a keep-alive loop of long polls, each with
+    /// the previous answer's resume token.
+    Poll,
+}
+
+impl Protocol {
+    fn is_http(self) -> bool {
+        matches!(self, Protocol::Sse | Protocol::Poll)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -253,6 +266,8 @@ fn run_inner(
             }))
             .expect("json"),
             Protocol::Nats => nats::connect_and_subscribe(&s.channels),
+            // The query's channel list; the request is built per poll.
+            Protocol::Sse | Protocol::Poll => s.channels.join(",").into_bytes(),
         })
         .collect();
 
@@ -405,7 +420,7 @@ fn run_inner(
     shared.publish(&cx.c);
     // Polite close for the peers; errors do not matter at this point.
     for c in conns.iter_mut().flatten() {
-        if c.state == State::Open {
+        if c.state == State::Open && !cfg.protocol.is_http() {
             let mut f = Vec::new();
             ws::encode_client_frame(&mut f, ws::OP_CLOSE, &1000u16.to_be_bytes(), mask(&mut cx));
             let _ = c.sock.write(&f);
@@ -537,11 +552,29 @@ fn drive_inner(
                 return Ok(false);
             }
         }
-        let key = base64::engine::general_purpose::STANDARD
-            .encode(cx.rng.next_u64().to_ne_bytes().repeat(2));
-        conn.sess
-            .wbuf
-            .extend(ws::upgrade_request(&cx.cfg.host, &cx.cfg.path, &key));
+        match cx.cfg.protocol {
+            Protocol::Sse | Protocol::Poll => {
+                let path = if cx.cfg.protocol == Protocol::Sse {
+                    "/sse"
+                } else {
+                    "/poll"
+                };
+                http::stream_request(
+                    &mut conn.sess.wbuf,
+                    &cx.cfg.host,
+                    path,
+                    &subscribe_msgs[conn.spec],
+                    None,
+                );
+            }
+            Protocol::Tickwire | Protocol::Nats => {
+                let key = base64::engine::general_purpose::STANDARD
+                    .encode(cx.rng.next_u64().to_ne_bytes().repeat(2));
+                conn.sess
+                    .wbuf
+                    .extend(ws::upgrade_request(&cx.cfg.host, &cx.cfg.path, &key));
+            }
+        }
         conn.state = State::Handshake;
     }
     if (writable || !conn.sess.wbuf.is_empty() || conn.sock.has_pending()) && !flush(conn)? {
@@ -603,8 +636,25 @@ fn drive_inner(
         let delivered_before = cx.c.deliveries;
         if conn.state == State::Handshake {
             conn.rbuf.extend_from_slice(&scratch[..n]);
-            let Some(head) = ws::parse_upgrade_response(&conn.rbuf)? else {
-                continue;
+            let head = if cx.cfg.protocol.is_http() {
+                let Some(h) = http::parse_head(&conn.rbuf)? else {
+                    continue;
+                };
+                if h.status != 200 {
+                    let line = conn.rbuf.split(|&b| b == b'\r').next().unwrap_or_default();
+                    anyhow::bail!("answered {}", String::from_utf8_lossy(line));
+                }
+                // A poll answer is parsed whole, head and body.
+                if cx.cfg.protocol == Protocol::Sse {
+                    h.len
+                } else {
+                    0
+                }
+            } else {
+                let Some(head) = ws::parse_upgrade_response(&conn.rbuf)? else {
+                    continue;
+                };
+                head
             };
             conn.rbuf.drain(..head);
             conn.state = State::Open;
@@ -673,7 +723,8 @@ fn flush(conn: &mut Conn) -> io::Result<bool> {
     }
 }
 
-/// Parses WebSocket frames from `data`; returns bytes consumed.
+/// Parses WebSocket frames (or SSE events, or poll answers) from `data`;
+/// returns bytes consumed.
 fn on_bytes(
     conn: &mut Conn,
     cx: &mut Ctx<'_>,
@@ -681,6 +732,13 @@ fn on_bytes(
     data: &[u8],
     now_ns: u64,
 ) -> anyhow::Result<usize> {
+    match cx.cfg.protocol {
+        Protocol::Sse => return on_sse(&mut conn.sess, cx, data, now_ns),
+        Protocol::Poll => {
+            return on_poll(&mut conn.sess, cx, &subscribe_msgs[conn.spec], data, now_ns);
+        }
+        Protocol::Tickwire | Protocol::Nats => {}
+    }
     let Conn {
         parser,
         nats: nats_parser,
@@ -691,7 +749,7 @@ fn on_bytes(
     let mut err: Option<anyhow::Error> = None;
     let used = parser.parse(data, |ev| match ev {
         Event::Message(m) => match cx.cfg.protocol {
-            Protocol::Tickwire => on_tickwire(sess, cx, m, now_ns),
+            Protocol::Tickwire | Protocol::Sse | Protocol::Poll => on_tickwire(sess, cx, m, now_ns),
             Protocol::Nats => {
                 let r = nats_parser.feed(m, |nev| {
                     on_nats(sess, cx, &subscribe_msgs[*spec], nev, now_ns)
@@ -717,6 +775,34 @@ fn on_bytes(
         return Err(e);
     }
     Ok(used)
+}
+
+/// SSE events carry the WebSocket messages as their data; `close` says why
+/// the stream ends.
+fn on_sse(sess: &mut Session, cx: &mut Ctx<'_>, data: &[u8], now_ns: u64) -> anyhow::Result<usize> {
+    http::parse_sse(data, |e| {
+        if e.name == b"close" {
+            sess.closing = Some(format!("server sent {}", String::from_utf8_lossy(e.data)));
+        } else {
+            on_tickwire(sess, cx, e.data, now_ns);
+        }
+    })
+}
+
+/// Each poll answer's messages, then the next poll with its token.
+fn on_poll(
+    sess: &mut Session,
+    cx: &mut Ctx<'_>,
+    channels: &[u8],
+    data: &[u8],
+    now_ns: u64,
+) -> anyhow::Result<usize> {
+    http::parse_poll(data, |it| match it {
+        PollItem::Message(m) => on_tickwire(sess, cx, m, now_ns),
+        PollItem::Next(token) => {
+            http::stream_request(&mut sess.wbuf, &cx.cfg.host, "/poll", channels, Some(token))
+        }
+    })
 }
 
 #[inline]
