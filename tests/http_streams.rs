@@ -312,6 +312,68 @@ fn a_stalled_sse_reader_gets_the_newest_values_not_a_backlog() {
     );
 }
 
+/// Stalled SSE streams on many channels each hold a bounded stage, however
+/// large the turns the feed makes: a coalesced turn is framed frame by
+/// frame, never a whole turn at once.
+#[test]
+fn stalled_sse_streams_hold_bounded_memory() {
+    const STREAMS: usize = 300;
+    // All from one address: the per-address limits would refuse most.
+    let srv = Server::start(&[
+        "--max-connections-per-ip",
+        "0",
+        "--new-connections-per-ip-per-second",
+        "0",
+    ]);
+    let chans: Vec<String> = (0..10).map(|c| format!("M{c}")).collect();
+    let path = format!("/sse?channels={}", chans.join(","));
+    let mut streams: Vec<Sse> = (0..STREAMS)
+        .map(|_| {
+            let mut s = Sse::open_with_rcvbuf(srv.listen, &path, None, Some(4096));
+            assert_eq!(s.next().unwrap().name, "subscribed");
+            s
+        })
+        .collect();
+    let rss0 = srv.rss_kib();
+    let mut feed = Feed::connect(srv.ingest);
+    let pad = "q".repeat(200);
+    let before = srv.metric("tickwire_ingest_messages_total");
+    let mut n = 0.0;
+    for round in 0..30 {
+        let mut batch = String::new();
+        for i in 0..100 {
+            for ch in &chans {
+                batch.push_str(&format!(
+                    r#"{{"ch":"{ch}","i":{},"pad":"{pad}"}}"#,
+                    round * 100 + i
+                ));
+                batch.push('\n');
+                n += 1.0;
+            }
+        }
+        feed.send_raw(batch.as_bytes());
+    }
+    srv.wait_metric(
+        "tickwire_ingest_messages_total",
+        |v| v >= before + n,
+        Duration::from_secs(20),
+    );
+    srv.wait_metric(
+        "tickwire_conflated_total",
+        |v| v > 0.0,
+        Duration::from_secs(5),
+    );
+    let grown = srv.rss_kib().saturating_sub(rss0);
+    eprintln!("{STREAMS} stalled SSE streams: RSS grew {grown} KiB");
+    // Up to 8 KiB staged plus one event each, in a buffer at most twice
+    // that: 300 × 16 KiB is under 5 MiB; a whole turn framed at once held
+    // over 100 KiB each.
+    assert!(grown < 16 * 1024, "RSS grew {grown} KiB");
+    // And they are alive: a reader gets the newest value.
+    let got = streams[0].until("M0 3000", |e| is_update(e, "M0", 3000));
+    assert!(!got.is_empty());
+}
+
 /// One long-poll over a fresh connection: (status, body).
 fn poll(addr: SocketAddr, target: &str) -> (u16, Value) {
     let (status, body) = common::http_request(

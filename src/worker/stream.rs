@@ -28,8 +28,15 @@ use crate::worker::subscriptions::Subscriptions;
 use crate::worker::timers;
 
 /// SSE bytes staged ahead of the socket at most (plus one entry): past
-/// this the queue keeps the frames, where they can conflate.
-const SSE_STAGE_MAX: usize = 32 * 1024;
+/// this the queue keeps the frames, where they can conflate. Small, because
+/// a blocked stream holds it (a blocked WebSocket holds only shared frames)
+/// and the kernel's send buffer is in front of it anyway.
+const SSE_STAGE_MAX: usize = 8 * 1024;
+
+/// Staging capacity an SSE stream keeps once drained. Ordinary turns fit
+/// in it (no allocation); a larger burst's buffer is given back, so ten
+/// thousand streams that each once took a burst do not each hold its peak.
+const SSE_STAGE_KEEP: usize = 2 * SSE_STAGE_MAX;
 
 /// The SSE response head; the stream ends when the connection does.
 pub const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\nretry: 1000\n\n";
@@ -118,8 +125,8 @@ impl HttpStream {
         if self.written == self.buf.len() {
             self.buf.clear();
             self.written = 0;
-            if self.buf.capacity() > 4 * SSE_STAGE_MAX {
-                self.buf.shrink_to(SSE_STAGE_MAX);
+            if self.buf.capacity() > SSE_STAGE_KEEP {
+                self.buf.shrink_to(SSE_STAGE_KEEP);
             }
         }
     }
@@ -158,22 +165,20 @@ impl HttpStream {
         self.positions.iter_mut().find(|p| p.ch.as_bytes() == ch)
     }
 
-    /// Frames one queue entry (one or more server frames) for HTTP.
-    fn frame_entry(&mut self, bytes: &[u8]) {
-        for (opcode, payload) in frame::server_frames(bytes) {
-            match opcode {
-                OPCODE_TEXT => self.message(payload),
-                OPCODE_PING if self.kind == StreamKind::Sse => {
-                    self.buf.extend_from_slice(b": ping\n\n");
-                }
-                OPCODE_CLOSE => {
-                    self.ended = true;
-                    if self.kind == StreamKind::Sse {
-                        self.close_event(payload);
-                    }
-                }
-                _ => {}
+    /// Frames one server frame for HTTP.
+    fn frame_one(&mut self, opcode: u8, payload: &[u8]) {
+        match opcode {
+            OPCODE_TEXT => self.message(payload),
+            OPCODE_PING if self.kind == StreamKind::Sse => {
+                self.buf.extend_from_slice(b": ping\n\n");
             }
+            OPCODE_CLOSE => {
+                self.ended = true;
+                if self.kind == StreamKind::Sse {
+                    self.close_event(payload);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -331,11 +336,12 @@ impl Worker {
 }
 
 /// The writer the outbound queue flushes into for a stream connection: it
-/// takes whole entries (never part of one, so each is framed once) and
-/// frames them into the stream's buffer. SSE stops taking at
-/// 32 KiB staged (the queue sees a full transport and keeps the rest,
-/// where it conflates); long-poll takes everything (its answer is bounded
-/// by the budget: the worker answers once it passes it).
+/// takes whole frames (an entry of a turn's coalesced updates may be taken
+/// in parts, each frame framed once) and frames them into the stream's
+/// buffer. SSE stops taking at 8 KiB staged, so a blocked stream holds at
+/// most that plus one event (the queue sees a full transport and keeps the
+/// rest, where it conflates); long-poll takes everything (its answer is
+/// bounded by the budget: the worker answers once it passes it).
 pub struct Framer<'a>(pub &'a mut HttpStream);
 
 impl Write for Framer<'_> {
@@ -347,11 +353,20 @@ impl Write for Framer<'_> {
         let s = &mut *self.0;
         let mut taken = 0;
         for e in entries {
-            if s.kind == StreamKind::Sse && s.buf.len() >= SSE_STAGE_MAX {
+            let bytes: &[u8] = e;
+            let mut used = 0;
+            for (opcode, payload) in frame::server_frames(bytes) {
+                if s.kind == StreamKind::Sse && s.buf.len() >= SSE_STAGE_MAX {
+                    break;
+                }
+                s.frame_one(opcode, payload);
+                // The end of this frame within the entry.
+                used = payload.as_ptr() as usize - bytes.as_ptr() as usize + payload.len();
+            }
+            taken += used;
+            if used < bytes.len() {
                 break;
             }
-            s.frame_entry(e);
-            taken += e.len();
         }
         Ok(taken)
     }
@@ -426,14 +441,20 @@ mod tests {
     fn sse_staging_stops_taking_entries_when_full() {
         let chans: Vec<Box<str>> = vec!["A".into()];
         let mut s = HttpStream::new(StreamKind::Sse, &chans, &[], 0, false);
-        let big = vec![b'1'; 20_000];
+        let big = vec![b'1'; SSE_STAGE_MAX * 5 / 8];
         let f = frame::update(b"A", 1, &big);
         let slices = [IoSlice::new(&f), IoSlice::new(&f), IoSlice::new(&f)];
         let taken = Framer(&mut s).write_vectored(&slices).unwrap();
-        assert_eq!(taken, 2 * f.len(), "whole entries only, up to the cap");
+        assert_eq!(taken, 2 * f.len(), "whole frames only, up to the cap");
         assert_eq!(Framer(&mut s).write_vectored(&slices).unwrap(), 0);
         s.consume(s.staged().len());
         assert!(!s.has_staged());
+        // A coalesced entry (frames back to back) is taken frame by frame.
+        let packed = [f.clone(), f.clone(), f.clone()].concat();
+        let taken = Framer(&mut s).write(&packed).unwrap();
+        assert_eq!(taken, 2 * f.len(), "stops at a frame boundary");
+        s.consume(s.staged().len());
+        assert_eq!(Framer(&mut s).write(&packed[taken..]).unwrap(), f.len());
     }
 
     #[test]
@@ -452,5 +473,25 @@ mod tests {
         assert_eq!(body["messages"].as_array().unwrap().len(), 2);
         assert_eq!(body["messages"][1]["seq"], 3);
         assert_eq!(body["next"], "A~2~e,B~3~e");
+    }
+
+    #[test]
+    fn a_drained_stream_gives_back_a_burst_s_buffer() {
+        let mut s = HttpStream::new(StreamKind::Sse, &["A".into()], &[], 0, false);
+        let mut w = Framer(&mut s);
+        // One entry is always taken whole, however large.
+        let big = vec![b'1'; 5 * SSE_STAGE_MAX];
+        w.write_all(&frame::update(b"A", 1, &big)).unwrap();
+        assert_eq!(
+            w.write(&frame::update(b"A", 2, b"2")).unwrap(),
+            0,
+            "stage full"
+        );
+        let n = s.staged().len();
+        s.consume(n - 1);
+        assert!(s.buf.capacity() > SSE_STAGE_KEEP, "kept while bytes wait");
+        s.consume(1);
+        assert!(!s.has_staged());
+        assert!(s.buf.capacity() <= SSE_STAGE_KEEP, "{}", s.buf.capacity());
     }
 }

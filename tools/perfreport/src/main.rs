@@ -58,6 +58,7 @@ fn main() -> Result<()> {
     for (file, title) in [
         ("TLS.md", "TLS against plain"),
         ("PUBLISH.md", "HTTP publish API"),
+        ("HTTP_STREAMS.md", "SSE and long-polling against WebSocket"),
     ] {
         if let Ok(text) = fs::read_to_string(out.with_file_name(file)) {
             md.push_str(&kept_section(&text, file, title));
@@ -93,7 +94,8 @@ fn microbench_section(text: &str) -> String {
 
 /// The tables of a page of figures kept by hand (TLS.md: TLS against
 /// plain with the `tickwire-tls` engine; PUBLISH.md: the publish API with
-/// `pubbench`), so RESULTS.md holds those figures too.
+/// `pubbench`; HTTP_STREAMS.md: the `tickwire-sse` and `tickwire-poll`
+/// engines), so RESULTS.md holds those figures too.
 fn kept_section(text: &str, file: &str, title: &str) -> String {
     let mut md = format!(
         "\n## {title}\n\nCopied from [{file}]({file}) (commands, method and reading there).\n"
