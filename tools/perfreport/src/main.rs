@@ -83,23 +83,15 @@ fn microbench_section(text: &str) -> String {
     }
     let mut md = String::from(
         "\n## Engine microbenchmarks (criterion)\n\nCopied from [MICROBENCH.md](MICROBENCH.md) \
-         (method, date and reading there); `cargo bench -p tickwire` reproduces them.\n\n",
+         (method, date and reading there); `cargo bench -p tickwire` reproduces them.\n",
     );
-    for l in table {
-        md.push_str(l);
-        md.push('\n');
-    }
+    md.push_str(&tables(text));
     md
 }
 
-/// The tables of a page of figures kept by hand (TLS.md: TLS against
-/// plain with the `tickwire-tls` engine; PUBLISH.md: the publish API with
-/// `pubbench`; HTTP_STREAMS.md: the `tickwire-sse` and `tickwire-poll`
-/// engines), so RESULTS.md holds those figures too.
-fn kept_section(text: &str, file: &str, title: &str) -> String {
-    let mut md = format!(
-        "\n## {title}\n\nCopied from [{file}]({file}) (commands, method and reading there).\n"
-    );
+/// Every table of `text`, a blank line before each, so they stay apart.
+fn tables(text: &str) -> String {
+    let mut md = String::new();
     let mut in_table = false;
     for l in text.lines() {
         let row = l.starts_with('|');
@@ -112,6 +104,18 @@ fn kept_section(text: &str, file: &str, title: &str) -> String {
         }
         in_table = row;
     }
+    md
+}
+
+/// The tables of a page of figures kept by hand (TLS.md: TLS against
+/// plain with the `tickwire-tls` engine; PUBLISH.md: the publish API with
+/// `pubbench`; HTTP_STREAMS.md: the `tickwire-sse` and `tickwire-poll`
+/// engines), so RESULTS.md holds those figures too.
+fn kept_section(text: &str, file: &str, title: &str) -> String {
+    let mut md = format!(
+        "\n## {title}\n\nCopied from [{file}]({file}) (commands, method and reading there).\n"
+    );
+    md.push_str(&tables(text));
     md
 }
 
@@ -768,6 +772,9 @@ mod tests {
         assert!(!md.contains("prose\n\n|"));
         assert!(!md.contains("more prose"));
         assert_eq!(microbench_section("no table"), "");
+        // Two tables stay two tables.
+        let two = "| a |\n|---|\n| 1 |\n\nprose\n\n| b |\n|---|\n| 2 |\n";
+        assert!(microbench_section(two).contains("| 1 |\n\n| b |"));
     }
 
     #[test]
