@@ -143,5 +143,7 @@ export declare function backoffDelay(
 /** `NAME~SEQ~EPOCH` entries joined by commas. */
 export declare function encodeResumeToken(positions: Positions): string;
 export declare function parseResumeToken(token: string): Positions;
+/** The `exp` claim of a JWT (seconds since the epoch), or null; the signature is not checked. */
+export declare function tokenExpiry(jwt: string): number | null;
 export declare function deriveUrls(url: string): { ws: string; http: string };
 export declare const VERSION: string;

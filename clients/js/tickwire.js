@@ -43,6 +43,23 @@ export function encodeResumeToken(positions) {
     .join(',');
 }
 
+/**
+ * The `exp` claim (seconds since the epoch) of a JWT, or null when it has
+ * none or is not a JWT. The signature is not checked: this only tells a
+ * client that its static token cannot work any more.
+ */
+export function tokenExpiry(jwt) {
+  const part = String(jwt || '').split('.')[1];
+  if (!part) return null;
+  try {
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const claims = JSON.parse(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)));
+    return typeof claims.exp === 'number' ? claims.exp : null;
+  } catch {
+    return null;
+  }
+}
+
 /** Parses a resume token into `{NAME: {seq, epoch}}`; skips malformed entries. */
 export function parseResumeToken(token) {
   const out = {};
@@ -223,6 +240,17 @@ export class TickwireClient {
         return;
       }
       if (this._conn !== conn) return; // closed or replaced meanwhile
+    } else if (!this._o.getToken && this._token && !this._saidExpired) {
+      // A static token past its exp is refused on every attempt: say so
+      // once, rather than retrying in silence.
+      const exp = tokenExpiry(this._token);
+      if (exp !== null && exp * 1000 <= this._now()) {
+        this._saidExpired = true;
+        this._emit('error', {
+          code: 'token',
+          message: `the token expired at ${new Date(exp * 1000).toISOString()}; pass getToken to renew it`,
+        });
+      }
     }
     const cb = {
       open: () => this._up(conn),

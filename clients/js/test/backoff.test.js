@@ -1,6 +1,6 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { backoffDelay, deriveUrls, encodeResumeToken, parseResumeToken } from '../tickwire.js';
+import { backoffDelay, deriveUrls, encodeResumeToken, parseResumeToken, tokenExpiry } from '../tickwire.js';
 import { setup } from './fakes.js';
 
 const B = { initialMs: 250, maxMs: 10000, stableMs: 10000 };
@@ -72,4 +72,33 @@ test('resume token round trip', () => {
   assert.equal(t, 'AAPL~41~0123456789abcdef-2,FX.EUR:USD~7~ab-5');
   assert.deepEqual(parseResumeToken(t), p);
   assert.deepEqual(parseResumeToken('junk,,A~x~e'), {});
+});
+
+const jwt = (claims) =>
+  `e30.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.sig`;
+
+test('tokenExpiry reads exp, and null for anything else', () => {
+  assert.equal(tokenExpiry(jwt({ sub: 'u', exp: 1700000000 })), 1700000000);
+  assert.equal(tokenExpiry(jwt({ sub: 'u' })), null);
+  assert.equal(tokenExpiry('not a jwt'), null);
+  assert.equal(tokenExpiry('a.!!!.c'), null);
+  assert.equal(tokenExpiry(null), null);
+});
+
+test('a static token past its exp is reported once, and retried as documented', async () => {
+  // The fake clock starts at 0 ms: exp 2 s is in the future at first.
+  const { clock, WebSocket, of } = await setup({ token: jwt({ sub: 'u', exp: 2 }) });
+  assert.equal(of('error').length, 0);
+  WebSocket.instances[0].open();
+  await clock.advance(2000);
+  WebSocket.instances[0].serverClose(1008, 'token expired');
+  assert.deepEqual(of('error').map((e) => e.code), ['policy']);
+  for (let i = 0; i < 3; i++) {
+    await clock.advance(of('state').at(-1).retryInMs);
+    WebSocket.instances.at(-1).fail();
+  }
+  assert.equal(WebSocket.instances.length, 4, 'still retried');
+  const tokenErrors = of('error').filter((e) => e.code === 'token');
+  assert.equal(tokenErrors.length, 1);
+  assert.match(tokenErrors[0].message, /expired at 1970-01-01T00:00:02.000Z; pass getToken/);
 });
