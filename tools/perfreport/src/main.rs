@@ -415,10 +415,23 @@ fn since_previous(md: &mut String, run: &Value, prev: &Value, prev_file: &str) {
     md.push('\n');
 }
 
+/// The scenarios in which `doc` measured tickwire.
+fn tickwire_scenarios(doc: &Value) -> std::collections::BTreeSet<String> {
+    doc["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["engine"] == "tickwire")
+        .filter_map(|r| r["scenario"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// The newest full (not `--quick`) run in `input`'s folder from before `run`
-/// that measured tickwire.
+/// that measured tickwire in every scenario `run` did (a partial run, such
+/// as one scenario's comparison, has nothing to set beside the summary).
 fn previous_run(input: &Path, run: &Value) -> Option<(Value, String)> {
     let date = run["date"].as_str()?;
+    let wanted = tickwire_scenarios(run);
     let dir = input.parent()?;
     let mut best: Option<(String, Value, String)> = None;
     for entry in fs::read_dir(dir).ok()?.flatten() {
@@ -433,10 +446,9 @@ fn previous_run(input: &Path, run: &Value) -> Option<(Value, String)> {
             continue;
         };
         let d = doc["date"].as_str().unwrap_or("").to_string();
-        let has_tickwire = doc["results"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|r| r["engine"] == "tickwire"));
-        if d.as_str() >= date || doc["quick"] == true || !has_tickwire {
+        let has_tickwire = !tickwire_scenarios(&doc).is_empty();
+        let covers = wanted.is_subset(&tickwire_scenarios(&doc));
+        if d.as_str() >= date || doc["quick"] == true || !has_tickwire || !covers {
             continue;
         }
         if best.as_ref().is_none_or(|(bd, _, _)| d > *bd) {
@@ -839,12 +851,23 @@ mod tests {
     fn previous_run_is_the_newest_older_full_run() {
         let dir = std::env::temp_dir().join(format!("perfreport-prev-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let doc = |date: &str, quick: bool| {
-            format!(r#"{{"date":"{date}","quick":{quick},"results":[{{"engine":"tickwire"}}]}}"#)
+        let doc_of = |date: &str, quick: bool, scenarios: &[&str]| {
+            let results: Vec<String> = scenarios
+                .iter()
+                .map(|s| format!(r#"{{"engine":"tickwire","scenario":"{s}"}}"#))
+                .collect();
+            format!(
+                r#"{{"date":"{date}","quick":{quick},"results":[{}]}}"#,
+                results.join(",")
+            )
         };
+        let doc = |date: &str, quick: bool| doc_of(date, quick, &["S1", "S2"]);
         fs::write(dir.join("a.json"), doc("2026-01-01T00:00:00+00:00", false)).unwrap();
         fs::write(dir.join("b.json"), doc("2026-01-02T00:00:00+00:00", false)).unwrap();
         fs::write(dir.join("c.json"), doc("2026-01-03T00:00:00+00:00", true)).unwrap();
+        // Newer, but only one scenario of the two.
+        let partial = doc_of("2026-01-03T12:00:00+00:00", false, &["S2"]);
+        fs::write(dir.join("p.json"), partial).unwrap();
         fs::write(dir.join("d.json"), doc("2026-01-04T00:00:00+00:00", false)).unwrap();
         let run: Value = serde_json::from_str(&doc("2026-01-04T00:00:00+00:00", false)).unwrap();
         let (_, name) = previous_run(&dir.join("d.json"), &run).unwrap();
