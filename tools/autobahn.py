@@ -25,13 +25,6 @@ from urllib.parse import urlsplit
 import kosoku
 
 
-# Deliberate deviations, reported but not failing the run: 2.10 and 2.11
-# send ten pings back to back and expect ten pongs; the engine answers only
-# the most recent ping still waiting (RFC 6455 5.5.3 allows it), so a ping
-# flood costs one frame, not one per ping.
-ALLOWED = {"2.10", "2.11"}
-
-
 def verdict(r):
     b, c = r.behavior.value, r.behavior_close.value
     # A case passes when both its message exchange and its close are
@@ -118,12 +111,7 @@ def main():
     for section in sorted(by_section, key=int):
         counts = ", ".join(f"{k} {n}" for k, n in sorted(by_section[section].items()))
         print(f"autobahn {section}.*: {counts}")
-    failed = sorted(
-        c for c, v in verdicts.items() if v["verdict"] == "FAILED" and c not in ALLOWED
-    )
-    for c in sorted(ALLOWED & verdicts.keys()):
-        if verdicts[c]["verdict"] == "FAILED":
-            print(f"autobahn deviation {c}: one pong for pings sent back to back (RFC 6455 5.5.3)")
+    failed = sorted(c for c, v in verdicts.items() if v["verdict"] == "FAILED")
     for c in failed:
         v = verdicts[c]
         print(f"autobahn FAILED {c}: behavior {v['behavior']}, close {v['close']}")

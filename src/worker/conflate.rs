@@ -191,6 +191,23 @@ pub struct OutQueue {
     /// Bytes of the control frames queued (replies to the client's own
     /// requests): what the worker bounds by pausing the client's input.
     control_bytes: usize,
+    /// Pong frames in the queue (bounded by [`MAX_QUEUED_PONGS`]); a byte
+    /// beside `conflating`, so idle connections stay as small as before.
+    pongs: u8,
+}
+
+/// Pongs a queue holds at most. Every ping is answered while fewer wait
+/// (Autobahn 2.10: ten pings, ten pongs, in order); past that the newest
+/// replaces the last queued pong, so a ping flood costs at most this many
+/// small frames.
+pub const MAX_QUEUED_PONGS: u8 = 16;
+
+/// FIN + pong opcode: the first byte of every pong the engine writes.
+const PONG: u8 = 0x80 | crate::protocol::frame::OPCODE_PONG;
+
+#[inline]
+fn is_pong(f: &Entry) -> bool {
+    f.channel == ChannelId::NONE && f.bytes.first() == Some(&PONG)
 }
 
 impl OutQueue {
@@ -258,25 +275,27 @@ impl OutQueue {
         self.queue.push_back(frame);
     }
 
-    /// Queues a pong, replacing a pong still waiting untouched at the back:
-    /// RFC 6455 5.5.3 lets an endpoint answer only the most recent ping, so
-    /// a ping flood costs one frame, not one per ping.
+    /// Queues a pong. RFC 6455 5.5.3 lets an endpoint answer only the most
+    /// recent ping; this answers every one while fewer than
+    /// [`MAX_QUEUED_PONGS`] wait, then lets the newest replace the last
+    /// queued pong (never a half-written one), so a ping flood from a client
+    /// that does not read costs bounded memory.
     pub fn push_pong(&mut self, frame: EntryRef) {
-        const PONG: u8 = 0x80 | crate::protocol::frame::OPCODE_PONG; // FIN + opcode
-        debug_assert_eq!(frame.bytes.first(), Some(&PONG));
-        let untouched = self.queue.len() > 1 || self.head_written == 0;
-        if untouched
-            && let Some(back) = self.queue.back_mut()
-            && back.channel == ChannelId::NONE
-            && back.bytes.first() == Some(&PONG)
+        debug_assert!(is_pong(&frame));
+        if self.pongs >= MAX_QUEUED_PONGS
+            && let Some(i) = self.queue.iter().rposition(|f| is_pong(f))
+            && (i > 0 || self.head_written == 0)
         {
-            let old = back.bytes.len();
+            // The last pong is usually the back (a flood): O(1) then.
+            let slot = &mut self.queue[i];
+            let old = slot.bytes.len();
             self.queued_bytes = self.queued_bytes - old + frame.bytes.len();
             self.control_bytes = self.control_bytes - old + frame.bytes.len();
-            *back = frame;
+            *slot = frame;
             self.check_invariants();
             return;
         }
+        self.pongs += 1;
         self.push_control(frame);
     }
 
@@ -301,6 +320,7 @@ impl OutQueue {
         self.head_written = 0;
         self.queued_bytes = 0;
         self.control_bytes = 0;
+        self.pongs = 0;
         self.reset_conflation();
     }
 
@@ -318,6 +338,7 @@ impl OutQueue {
             .front()
             .filter(|f| f.channel == ChannelId::NONE)
             .map_or(0, |f| f.bytes.len());
+        self.pongs = u8::from(self.queue.front().is_some_and(|f| is_pong(f)));
         self.reset_conflation();
         self.check_invariants();
     }
@@ -413,6 +434,7 @@ impl OutQueue {
             let frame = self.queue.pop_front().expect("advance past the queue");
             if frame.channel == ChannelId::NONE {
                 self.control_bytes -= frame.bytes.len();
+                self.pongs -= u8::from(is_pong(&frame));
             }
             self.head_written = 0;
             self.removed += 1;
@@ -461,6 +483,9 @@ impl OutQueue {
             .map(|f| f.bytes.len())
             .sum();
         debug_assert_eq!(control, self.control_bytes);
+        let pongs = self.queue.iter().filter(|f| is_pong(f)).count();
+        debug_assert_eq!(pongs, usize::from(self.pongs));
+        debug_assert!(self.pongs <= MAX_QUEUED_PONGS);
         debug_assert!(
             self.queue
                 .front()
@@ -608,47 +633,83 @@ mod tests {
         ))
     }
 
-    #[test]
-    fn pongs_replace_a_waiting_pong_and_control_bytes_are_counted() {
-        let mut q = OutQueue::default();
-        for i in 0..1000u32 {
-            q.push_pong(pong(&i.to_be_bytes()));
-        }
-        assert_eq!(q.len(), 1, "a ping flood costs one pong");
-        assert_eq!(q.control_bytes(), 6);
-        q.push_update(upd(1, 1, 10), 1 << 20);
-        q.push_pong(pong(b"a"));
-        q.push_control(Entry::control(Bytes::from_static(b"\x81\x01x")));
-        assert_eq!(
-            q.len(),
-            4,
-            "a pong behind an update or another frame is new"
-        );
-        assert_eq!(q.control_bytes(), 6 + 3 + 3);
-        // Half-written pong at the front is not replaced.
-        let mut q2 = OutQueue::default();
-        q2.push_pong(pong(b"abcd"));
-        let mut sink = Sink {
-            room: 2,
-            got: Vec::new(),
-        };
-        q2.flush(&mut sink, |_| {}).unwrap();
-        q2.push_pong(pong(b"zz"));
-        assert_eq!(q2.len(), 2);
-        sink.room = usize::MAX;
-        q2.flush(&mut sink, |_| {}).unwrap();
-        assert_eq!(
-            sink.got,
-            [0x8A, 4, b'a', b'b', b'c', b'd', 0x8A, 2, b'z', b'z']
-        );
-        assert_eq!(q2.control_bytes(), 0);
+    fn drain(q: &mut OutQueue) -> Vec<u8> {
         let mut all = Sink {
             room: usize::MAX,
             got: Vec::new(),
         };
         q.flush(&mut all, |_| {}).unwrap();
+        all.got
+    }
+
+    #[test]
+    fn every_ping_is_answered_in_order_up_to_the_bound() {
+        let mut q = OutQueue::default();
+        let mut expect = Vec::new();
+        for i in 0..10u8 {
+            let f = pong(&[b'p', i]);
+            expect.extend_from_slice(&f.bytes);
+            q.push_pong(f);
+        }
+        assert_eq!(q.len(), 10, "ten pings, ten pongs");
+        assert_eq!(drain(&mut q), expect);
+        assert_eq!(q.control_bytes(), 0);
+    }
+
+    #[test]
+    fn a_ping_flood_costs_bounded_pongs_and_the_newest_is_answered() {
+        let mut q = OutQueue::default();
+        for i in 0..1000u32 {
+            q.push_pong(pong(&i.to_be_bytes()));
+        }
+        let max = usize::from(MAX_QUEUED_PONGS);
+        assert_eq!(q.len(), max, "a ping flood costs bounded pongs");
+        assert_eq!(q.control_bytes(), 6 * max);
+        let got = drain(&mut q);
+        // The first 15 in order, then the newest in the last slot.
+        let last = &got[got.len() - 6..];
+        assert_eq!(last, [0x8A, 4, 0, 0, 0x03, 0xE7]);
+        assert_eq!(&got[..6], [0x8A, 4, 0, 0, 0, 0]);
+        // Past the bound with frames behind the last pong: it is still the
+        // one replaced, and the frames around it stay.
+        for i in 0..MAX_QUEUED_PONGS {
+            q.push_pong(pong(&[i]));
+        }
+        q.push_update(upd(1, 1, 10), 1 << 20);
+        q.push_pong(pong(b"new"));
+        q.push_control(Entry::control(Bytes::from_static(b"\x81\x01x")));
+        assert_eq!(q.len(), max + 2);
+        let got = drain(&mut q);
+        let tail = [0x8A, 3, b'n', b'e', b'w']
+            .iter()
+            .chain(&[b'x'; 10])
+            .chain(b"\x81\x01x")
+            .copied()
+            .collect::<Vec<u8>>();
+        assert!(got.ends_with(&tail), "{got:?}");
         assert_eq!(q.control_bytes(), 0);
         assert_eq!(q.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_half_written_pong_is_never_replaced() {
+        let mut q = OutQueue::default();
+        q.push_pong(pong(b"abcd"));
+        let mut sink = Sink {
+            room: 2,
+            got: Vec::new(),
+        };
+        q.flush(&mut sink, |_| {}).unwrap();
+        let max = usize::from(MAX_QUEUED_PONGS);
+        for _ in 0..max + 5 {
+            q.push_pong(pong(b"zz"));
+        }
+        assert_eq!(q.len(), max);
+        sink.room = usize::MAX;
+        q.flush(&mut sink, |_| {}).unwrap();
+        assert_eq!(&sink.got[..8], [0x8A, 4, b'a', b'b', b'c', b'd', 0x8A, 2]);
+        assert_eq!(sink.got.len(), 6 + 4 * (max - 1));
+        assert_eq!(q.control_bytes(), 0);
     }
 
     #[test]
