@@ -299,7 +299,8 @@ struct RawClaims {
 }
 
 /// Channel patterns compiled for one user: exact names, or prefixes from a
-/// trailing `*`; `{sub}` is replaced by the user's sub.
+/// trailing `*`; `{sub}` is replaced by the user's sub, literally (a `*`
+/// in a sub is part of a name, never a wildcard).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Permissions {
     exact: Vec<Box<str>>,
@@ -311,10 +312,12 @@ impl Permissions {
     pub fn compile(patterns: &[String], sub: &str) -> Permissions {
         let mut p = Permissions::default();
         for pat in patterns {
-            let pat = pat.replace("{sub}", sub);
+            // The wildcard is the pattern's own trailing `*`, decided before
+            // substituting: a sub ending in `*` must not turn `user:{sub}`
+            // into a grant of every channel starting with `user:`.
             match pat.strip_suffix('*') {
-                Some(prefix) => p.prefixes.push(prefix.into()),
-                None => p.exact.push(pat.into()),
+                Some(prefix) => p.prefixes.push(prefix.replace("{sub}", sub).into()),
+                None => p.exact.push(pat.replace("{sub}", sub).into()),
             }
         }
         p.exact.sort_unstable();
@@ -578,5 +581,22 @@ mod tests {
         assert!(p.allows("user.u7") && !p.allows("user.u8") && !p.allows("C"));
         assert!(!p.allows("fx") && Permissions::compile(&["*".into()], "x").allows("any"));
         assert!(constant_time_eq(b"abc", b"abc") && !constant_time_eq(b"abc", b"abd"));
+    }
+
+    #[test]
+    fn auth_permissions_sub_is_literal() {
+        let pats = ["user:{sub}".to_string(), "room.{sub}.*".to_string()];
+        let p = Permissions::compile(&pats, "ann*");
+        assert!(p.allows("user:ann*"), "the sub's own channel");
+        assert!(
+            !p.allows("user:anna") && !p.allows("user:ann") && !p.allows("user:ann*x"),
+            "a `*` from sub is no wildcard"
+        );
+        assert!(p.allows("room.ann*.1") && !p.allows("room.anna.1"));
+        let p = Permissions::compile(&pats, "*");
+        assert!(p.allows("user:*") && !p.allows("user:bob") && !p.allows("room.bob.1"));
+        // The pattern's own trailing `*` still is one.
+        let p = Permissions::compile(&["{sub}*".into()], "u1");
+        assert!(p.allows("u1") && p.allows("u1.x") && !p.allows("u2"));
     }
 }
