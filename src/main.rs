@@ -14,8 +14,14 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(4500);
 
 /// SIGTERM: readiness drops at once and clients get 1012 spread over
 /// `window`; ends when they are gone, at the window's end, or at a second
-/// signal (then the caller's 1001 flush closes whoever is left).
-fn drain(engine: &Engine, signals: &mut signal_hook::iterator::Signals, window: Duration) {
+/// SIGTERM or SIGINT (then the caller's 1001 flush closes whoever is left).
+/// SIGHUP meanwhile reloads the certificate, as at any other time.
+fn drain(
+    engine: &Engine,
+    signals: &mut signal_hook::iterator::Signals,
+    window: Duration,
+    tls: Option<&(tickwire::tls::SharedConfig, tickwire::tls::TlsFiles)>,
+) {
     eprintln!(
         "tickwire: draining over {} ms (send SIGTERM or SIGINT again to stop at once)",
         window.as_millis()
@@ -25,8 +31,11 @@ fn drain(engine: &Engine, signals: &mut signal_hook::iterator::Signals, window: 
     // Let the workers plan their closes before judging "no clients left".
     std::thread::sleep(Duration::from_millis(200));
     while std::time::Instant::now() < deadline && engine.open_connections() > 0 {
-        if signals.pending().next().is_some() {
-            return;
+        for sig in signals.pending() {
+            if sig != SIGHUP {
+                return;
+            }
+            reload_tls(tls);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -110,7 +119,7 @@ fn main() -> ExitCode {
         reload_tls(tls.as_ref());
     }
     if signal == Some(SIGTERM) && !drain_timeout.is_zero() {
-        drain(&engine, &mut signals, drain_timeout);
+        drain(&engine, &mut signals, drain_timeout, tls.as_ref());
     }
     eprintln!("tickwire: shutting down");
     if engine.shutdown(SHUTDOWN_TIMEOUT) {

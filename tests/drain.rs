@@ -96,3 +96,36 @@ fn upgrades_during_a_drain_get_503() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("draining"), "{body}");
 }
+
+#[test]
+fn sighup_during_a_drain_does_not_end_it() {
+    const SIGHUP: i32 = 1;
+    let mut server = Server::start(&["--drain-timeout", "3s"]);
+    let clients: Vec<RawWs> = (0..6).map(|_| RawWs::connect(server.listen)).collect();
+    let t0 = Instant::now();
+    server.signal(SIGTERM);
+    while server.http_get("/readyz").0 != 503 {
+        assert!(t0.elapsed() < Duration::from_secs(1), "not draining");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Well before most 1012s are due: a reload request, not a stop.
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(SIGHUP);
+    let handles: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                c.s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+                c.read_close()
+            })
+        })
+        .collect();
+    for h in handles {
+        let (code, reason) = h.join().unwrap();
+        assert_eq!(code, 1012, "the drain went on after SIGHUP: {reason}");
+    }
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits after the drain");
+    assert!(status.success(), "{status:?}");
+}
