@@ -346,3 +346,159 @@ fn recv_or_none(ws: &mut TlsWs) -> Option<serde_json::Value> {
         _ => None,
     }
 }
+
+/// A TLS client that speaks only `version` and offers `alpn`.
+fn tls_connect_with(
+    addr: SocketAddr,
+    root: &CertificateDer<'static>,
+    version: &'static rustls::SupportedProtocolVersion,
+    alpn: &[&[u8]],
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut store = rustls::RootCertStore::empty();
+    store.add(root.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+            .unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+#[test]
+fn tls12_only_and_tls13_only_clients_connect_with_alpn_http11() {
+    let dir = temp_dir("versions");
+    let pair = make_pair(&dir, "a");
+    let srv = start_tls(&pair);
+    let mut feed = Feed::connect(srv.ingest);
+    for (i, (version, want)) in [
+        (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
+        (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // h2 first: the server must still pick http/1.1.
+        let mut stream = tls_connect_with(srv.listen, &pair.der, version, &[b"h2", b"http/1.1"]);
+        while stream.conn.is_handshaking() {
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .expect("handshake");
+        }
+        assert_eq!(stream.conn.protocol_version(), Some(want));
+        assert_eq!(stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let (mut ws, resp) =
+            tungstenite::client(format!("wss://localhost:{}/ws", srv.listen.port()), stream)
+                .expect("wss handshake");
+        assert_eq!(resp.status().as_u16(), 101);
+        let ch = format!("V{i}");
+        subscribe(&mut ws, &ch);
+        feed.send(&tick(&ch, 1));
+        expect_seqs(&mut ws, &ch, 1, 1);
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_stalled_wss_reader_is_conflated_not_closed() {
+    let dir = temp_dir("stall");
+    let pair = make_pair(&dir, "a");
+    // Defaults: conflate as soon as the socket (here: TLS) would block.
+    let srv = Server::start(&[
+        "--tls-cert",
+        pair.cert.to_str().unwrap(),
+        "--tls-key",
+        pair.key.to_str().unwrap(),
+        "--socket-send-buffer",
+        "16KiB",
+        // /metrics in plain HTTP: the listen port speaks only TLS.
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let admin = srv.admin.expect("admin port");
+    let metric = |name: &str| -> f64 {
+        let (_, body) = common::http_request(admin, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut store = rustls::RootCertStore::empty();
+    store.add(pair.der.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+            .unwrap();
+    let tcp = common::stream_with_rcvbuf(srv.listen, 4096);
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut slow, _) = tungstenite::client(
+        format!("wss://localhost:{}/ws", srv.listen.port()),
+        rustls::StreamOwned::new(conn, tcp),
+    )
+    .expect("wss handshake");
+    subscribe(&mut slow, "S");
+    // A witness that reads as it goes reaches the latest, in order.
+    let mut witness = wss(srv.listen, &pair.der);
+    subscribe(&mut witness, "S");
+    let last = 3000u64;
+    let witness = std::thread::spawn(move || {
+        let mut prev = 0;
+        while prev < last {
+            let v = recv_json(&mut witness);
+            if v["type"] == "update" {
+                let seq = v["seq"].as_u64().unwrap();
+                assert!(seq > prev, "witness out of order: {prev} then {seq}");
+                prev = seq;
+            }
+        }
+    });
+    let mut feed = Feed::connect(srv.ingest);
+    let pad = "p".repeat(1000);
+    let conflated0 = metric("tickwire_conflated_total");
+    for seq in 1..=last {
+        feed.send(&format!(
+            r#"{{"ch":"S","data":{{"i":{seq},"pad":"{pad}"}}}}"#
+        ));
+    }
+    witness.join().expect("the witness reached the latest");
+    // The slow reader's kernel buffers filled long ago (3 MB against tens
+    // of KiB): its updates conflated in the engine's queue.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric("tickwire_conflated_total") <= conflated0 {
+        assert!(Instant::now() < deadline, "nothing conflated");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(metric("tickwire_slow_consumer_closes_total"), 0.0);
+    // It reads now: updates with a jump in seq, ending at the latest, and
+    // no close.
+    let mut seqs = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seqs.last() != Some(&last) {
+        assert!(Instant::now() < deadline, "latest never came: {seqs:?}");
+        let v = recv_json(&mut slow);
+        if v["type"] == "update" {
+            seqs.push(v["seq"].as_u64().unwrap());
+        }
+    }
+    assert!(
+        (seqs.len() as u64) < last,
+        "every update came: not conflated"
+    );
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "out of order");
+    // Still connected: the next update arrives.
+    feed.send(&tick("S", last + 1));
+    let v = recv_json(&mut slow);
+    assert_eq!(v["seq"].as_u64(), Some(last + 1), "{v}");
+    std::fs::remove_dir_all(dir).ok();
+}

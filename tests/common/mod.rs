@@ -450,10 +450,16 @@ impl Server {
 
     /// Spawns a prepared engine command (its stdout is taken here) and waits
     /// for its ready line, as [`Server::start`] does.
-    pub fn spawn_ready(mut cmd: Command) -> Server {
+    pub fn spawn_ready(cmd: Command) -> Server {
+        Server::spawn_ready_with_stderr(cmd, Stdio::inherit())
+    }
+
+    /// [`Server::spawn_ready`] with the engine's stderr sent to `stderr`
+    /// (a file, for tests of what the engine logs).
+    pub fn spawn_ready_with_stderr(mut cmd: Command, stderr: Stdio) -> Server {
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn tickwire");
         let stdout = child.stdout.take().unwrap();
