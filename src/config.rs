@@ -42,6 +42,10 @@ pub const DEFAULT_MAX_CHANNELS_PER_CONNECTION: usize = 1000;
 pub const DEFAULT_MAX_CHANNELS: usize = 1_000_000;
 /// Connections the engine accepts in all, across workers.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 200_000;
+/// How long a client may take over its HTTP request or WebSocket upgrade,
+/// and then over its first-message `{"op":"auth"}`; and a feed over its
+/// `AUTH` line.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a SIGTERM drain spreads its 1012 closes over.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a long-poll waits for something new: under the 30 s many
@@ -90,6 +94,10 @@ pub struct Config {
     pub slow_consumer_timeout: Duration,
     /// SIGTERM closes clients with 1012 spread over this window.
     pub drain_timeout: Duration,
+    /// Deadline for an HTTP request or upgrade, for the first-message
+    /// `{"op":"auth"}` after a token-less upgrade, and for a feed's `AUTH`
+    /// line.
+    pub handshake_timeout: Duration,
     /// A long-poll with nothing new answers after this long.
     pub poll_timeout: Duration,
     /// Per-connection outbound bytes before conflation.
@@ -177,6 +185,7 @@ impl Default for Config {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             slow_consumer_timeout: DEFAULT_SLOW_CONSUMER_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             poll_timeout: DEFAULT_POLL_TIMEOUT,
             outbound_budget: DEFAULT_OUTBOUND_BUDGET,
             conflate_on_block: true,
@@ -302,6 +311,9 @@ pub struct Cli {
     /// On SIGTERM, close clients with 1012 spread evenly over this long, then exit; 0 stops at once with 1001 [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
+    /// Close a connection whose HTTP request or upgrade takes longer than this, or that upgraded without a token and sent no {"op":"auth"} within it (1008); feeds get as long for their AUTH line [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub handshake_timeout: Option<Duration>,
     /// A long-poll (GET /poll) with nothing new answers after this long with an empty list [default: 25s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub poll_timeout: Option<Duration>,
@@ -356,7 +368,7 @@ pub struct Cli {
     /// Clock skew allowed on a token's exp and nbf [default: 30s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub jwt_leeway: Option<Duration>,
-    /// Send {"type":"token_expiring"} this long before a token's exp [default: 30s]
+    /// Send {"type":"token_expiring"} this long before a token expires (exp + jwt_leeway) [default: 30s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub token_refresh_lead: Option<Duration>,
     /// Feeds connect with TLS too, with the --tls-cert certificate (for feeds that come over a network); needs --tls-cert and --tls-key
@@ -425,6 +437,7 @@ struct FileConfig {
     idle_timeout: Option<DurationValue>,
     slow_consumer_timeout: Option<DurationValue>,
     drain_timeout: Option<DurationValue>,
+    handshake_timeout: Option<DurationValue>,
     poll_timeout: Option<DurationValue>,
     outbound_budget: Option<SizeValue>,
     socket_send_buffer: Option<SizeValue>,
@@ -696,6 +709,7 @@ impl Config {
         set!(idle_timeout, duration_of);
         set!(slow_consumer_timeout, duration_of);
         set!(drain_timeout, duration_of);
+        set!(handshake_timeout, duration_of);
         set!(poll_timeout, duration_of);
         set!(outbound_budget, size_of);
         set!(max_frame_size, size_of);
@@ -946,6 +960,7 @@ impl Config {
             ("idle_timeout", self.idle_timeout),
             ("slow_consumer_timeout", self.slow_consumer_timeout),
             ("drain_timeout", self.drain_timeout),
+            ("handshake_timeout", self.handshake_timeout),
             ("poll_timeout", self.poll_timeout),
             ("jwt_leeway", self.jwt_leeway),
             ("token_refresh_lead", self.token_refresh_lead),
@@ -964,6 +979,9 @@ impl Config {
         }
         if self.slow_consumer_timeout.is_zero() {
             return bad("slow_consumer_timeout", "must be above zero");
+        }
+        if self.handshake_timeout.is_zero() {
+            return bad("handshake_timeout", "must be above zero");
         }
         if self.max_frame_size < 128 || self.max_frame_size > 64 << 20 {
             return bad("max_frame_size", "must be 128 B to 64 MiB");

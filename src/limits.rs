@@ -24,17 +24,36 @@ pub enum Limit {
     Origin,
     /// `max_feed_connections`: an error line, then closed.
     FeedConnections,
+    /// `max_connections`: refused at accept.
+    Connections,
+    /// `handshake_timeout`: an HTTP request or upgrade not done in time.
+    HandshakeTimeout,
+    /// `max_frame_size`: close 1009.
+    FrameTooLarge,
+    /// `max_line_size`: an ingest line refused.
+    LineTooLong,
+    /// `max_channels_per_connection`: a subscribe refused.
+    SubscriptionsPerConnection,
+    /// `max_channels`: a channel the engine's table has no room for
+    /// (a subscribe or a feed line).
+    Channels,
 }
 
 impl Limit {
     /// Every limit, in metric order.
-    pub const ALL: [Limit; 6] = [
+    pub const ALL: [Limit; 12] = [
         Limit::ConnectionsPerIp,
         Limit::NewConnectionsPerIp,
         Limit::ClientMessages,
         Limit::ClientMessagesClose,
         Limit::Origin,
         Limit::FeedConnections,
+        Limit::Connections,
+        Limit::HandshakeTimeout,
+        Limit::FrameTooLarge,
+        Limit::LineTooLong,
+        Limit::SubscriptionsPerConnection,
+        Limit::Channels,
     ];
 
     /// The metric label.
@@ -46,6 +65,12 @@ impl Limit {
             Limit::ClientMessagesClose => "client_messages_close",
             Limit::Origin => "origin",
             Limit::FeedConnections => "feed_connections",
+            Limit::Connections => "connections",
+            Limit::HandshakeTimeout => "handshake_timeout",
+            Limit::FrameTooLarge => "frame_too_large",
+            Limit::LineTooLong => "line_too_long",
+            Limit::SubscriptionsPerConnection => "subscriptions_per_connection",
+            Limit::Channels => "channels",
         }
     }
 
@@ -54,12 +79,39 @@ impl Limit {
     }
 }
 
+/// Why a feed's `AUTH` line was refused: labels of their own in
+/// `tickwire_auth_failures_total{reason}`, apart from the JWT reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedAuth {
+    /// The first line is not `AUTH <token>`.
+    Missing,
+    /// `AUTH` with another token.
+    BadToken,
+    /// No line within `handshake_timeout`.
+    Timeout,
+}
+
+impl FeedAuth {
+    /// Every reason, in metric order.
+    pub const ALL: [FeedAuth; 3] = [FeedAuth::Missing, FeedAuth::BadToken, FeedAuth::Timeout];
+
+    /// The metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            FeedAuth::Missing => "feed_missing",
+            FeedAuth::BadToken => "feed_bad_token",
+            FeedAuth::Timeout => "feed_timeout",
+        }
+    }
+}
+
 /// Refusals by limit and by authentication failure, shared by every thread;
 /// incremented only when something is refused (never per delivery).
 #[derive(Debug, Default)]
 pub struct Refusals {
-    limits: [AtomicU64; 6],
-    auth: [AtomicU64; 8],
+    limits: [AtomicU64; Limit::ALL.len()],
+    auth: [AtomicU64; crate::auth::AuthError::ALL.len()],
+    feed_auth: [AtomicU64; FeedAuth::ALL.len()],
 }
 
 impl Refusals {
@@ -71,6 +123,16 @@ impl Refusals {
     /// Counts a refused token.
     pub fn auth(&self, e: &crate::auth::AuthError) {
         self.auth[e.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a refused feed `AUTH` line.
+    pub fn feed_auth(&self, f: FeedAuth) {
+        self.feed_auth[f as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refused feed `AUTH` lines of reason `f` so far.
+    pub fn feed_auth_count(&self, f: FeedAuth) -> u64 {
+        self.feed_auth[f as usize].load(Ordering::Relaxed)
     }
 
     /// Hits of `l` so far.

@@ -562,10 +562,18 @@ impl Metrics {
                 self.refusals.auth_count(&e)
             );
         }
+        for f in crate::limits::FeedAuth::ALL {
+            let _ = writeln!(
+                o,
+                "{name}{{reason=\"{}\"}} {}",
+                f.label(),
+                self.refusals.feed_auth_count(f)
+            );
+        }
         let name = names::LIMIT_REJECTS_TOTAL;
         let _ = writeln!(
             o,
-            "# HELP {name} Connections and messages refused by an abuse limit, by limit.\n# TYPE {name} counter"
+            "# HELP {name} Connections, messages, frames and lines refused by a limit, by limit.\n# TYPE {name} counter"
         );
         for l in crate::limits::Limit::ALL {
             let _ = writeln!(

@@ -208,6 +208,7 @@ impl Engine {
             max_channels: config.max_channels,
             token: config.ingest_token.clone(),
             max_feeds: config.max_feed_connections,
+            auth_timeout: config.handshake_timeout,
             idempotency_window_ns: config.idempotency_window.as_nanos() as u64,
             classes: config
                 .classes

@@ -37,8 +37,12 @@ fn token(claims: Value, secret: &str) -> String {
 }
 
 fn user_token(sub: &str, exp_in: u64, channels: &[&str]) -> String {
+    user_token_at(sub, now() + exp_in, channels)
+}
+
+fn user_token_at(sub: &str, exp: u64, channels: &[&str]) -> String {
     token(
-        json!({"sub": sub, "exp": now() + exp_in, "channels": channels}),
+        json!({"sub": sub, "exp": exp, "channels": channels}),
         SECRET,
     )
 }
@@ -214,6 +218,31 @@ fn auth_first_message_token_or_close_1008() {
 }
 
 #[test]
+fn auth_client_that_never_authenticates_is_closed_within_the_handshake_timeout() {
+    let srv = start(&["--handshake-timeout", "1s"]);
+    let mut c = connect_plain(srv.listen, "/ws");
+    let started = Instant::now();
+    c.set_timeout(Duration::from_secs(5));
+    let close = match c.ws.read().expect("read") {
+        Message::Close(f) => f.expect("close frame"),
+        m => panic!("nothing is sent before auth: {m:?}"),
+    };
+    let took = started.elapsed();
+    assert_eq!(u16::from(close.code), 1008);
+    assert!(
+        close.reason.starts_with("authentication timeout"),
+        "{}",
+        close.reason
+    );
+    // The configured 1 s (plus a housekeeping tick), not the default 10 s.
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    assert!(srv.metric_label("tickwire_auth_failures_total", "reason=\"missing\"") >= 1.0);
+}
+
+#[test]
 fn auth_refresh_narrows_channels_and_expiry_closes_1008() {
     let srv = start(&["--jwt-leeway", "0s", "--token-refresh-lead", "3s"]);
     let mut c = connect_bearer(srv.listen, &user_token("u1", 5, &["A", "B"]));
@@ -269,6 +298,46 @@ fn auth_refresh_narrows_channels_and_expiry_closes_1008() {
 }
 
 #[test]
+fn auth_token_within_leeway_lives_until_exp_plus_leeway() {
+    let srv = start(&["--jwt-leeway", "4s", "--token-refresh-lead", "2s"]);
+    // exp is this second: accepted within the leeway, good until exp + 4 s.
+    let exp = now();
+    let mut c = connect_bearer(srv.listen, &user_token_at("u1", exp, &["A"]));
+    let started = Instant::now();
+    c.subscribe(&["A"]);
+    let mut feed = Feed::connect(srv.ingest);
+    feed.send(&tick("A", 1));
+    let v = recv_until(&mut c, Duration::from_secs(5), |v| v.get("ch").is_some());
+    assert_eq!(v["seq"], 1, "served while within the leeway: {v}");
+    // The warning comes a lead before exp + leeway, not at once.
+    let warn = recv_until(&mut c, Duration::from_secs(8), |v| {
+        v["type"] == "token_expiring"
+    });
+    assert_eq!(warn["exp"], exp, "{warn}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "warned after {:?}",
+        started.elapsed()
+    );
+    c.set_timeout(Duration::from_secs(10));
+    let close = loop {
+        if let Message::Close(f) = c.ws.read().expect("read") {
+            break f.expect("close frame");
+        }
+    };
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (1008, "token expired")
+    );
+    // exp + 4 s is at least 3 s after the token was made.
+    let lived = started.elapsed();
+    assert!(
+        lived >= Duration::from_millis(2900) && lived < Duration::from_secs(8),
+        "closed after {lived:?}"
+    );
+}
+
+#[test]
 fn auth_feed_needs_its_auth_line() {
     let dir = std::env::temp_dir().join(format!("tickwire-ingest-auth-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -301,6 +370,13 @@ fn auth_feed_needs_its_auth_line() {
     assert!(rest.is_empty(), "one error line, then closed");
     let (err, _) = refused("AUTH wrong-token");
     assert_eq!(err["error"], "bad token");
+    // Feed refusals have reasons of their own, apart from the JWT ones.
+    let reason =
+        |r: &str| srv.metric_label("tickwire_auth_failures_total", &format!("reason=\"{r}\""));
+    assert_eq!(reason("feed_missing"), 1.0);
+    assert_eq!(reason("feed_bad_token"), 1.0);
+    assert_eq!(reason("feed_timeout"), 0.0);
+    assert_eq!(reason("missing") + reason("bad_signature"), 0.0);
     let mut good = Feed::connect(srv.ingest);
     good.send("AUTH feed-token-123");
     good.send(&tick("A", 1));
@@ -380,4 +456,168 @@ fn auth_key_options_are_checked_at_start() {
     let (code, err) = run(&["--jwt-audience", "x"], None);
     assert_eq!(code, Some(2));
     assert!(err.contains("jwt_audience"), "{err}");
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn rs256(claims: Value) -> String {
+    let pem = std::fs::read(fixture("rs256-test.key")).unwrap();
+    encode(
+        &Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn auth_rs256_public_key_end_to_end_and_issuer_mismatch_401() {
+    let key = fixture("rs256-test.pub");
+    let srv = Server::start(&[
+        "--jwt-public-key",
+        &key,
+        "--jwt-issuer",
+        "https://issuer.test",
+    ]);
+    let good =
+        rs256(json!({"sub":"r1","exp": now() + 600,"iss":"https://issuer.test","channels":["A"]}));
+    let mut c = connect_bearer(srv.listen, &good);
+    assert_eq!(c.subscribe(&["A"])["type"], "subscribed");
+    let mut feed = Feed::connect(srv.ingest);
+    feed.send(&tick("A", 1));
+    assert_eq!(c.recv()["seq"], 1);
+    let other = rs256(json!({"sub":"r1","exp": now() + 600,"iss":"https://other.test"}));
+    let none = rs256(json!({"sub":"r1","exp": now() + 600}));
+    for t in [&other, &none] {
+        assert_eq!(
+            upgrade(srv.listen, "/ws", &format!("Authorization: Bearer {t}\r\n")),
+            (401, "wrong issuer".to_string())
+        );
+    }
+    // The HS256 secret path is off: a token signed with the public key
+    // text as an HMAC secret is refused.
+    let pem = std::fs::read_to_string(&key).unwrap();
+    let forged = token(
+        json!({"sub":"r1","exp": now() + 600,"iss":"https://issuer.test"}),
+        &pem,
+    );
+    assert_eq!(
+        upgrade(srv.listen, &format!("/ws?token={forged}"), "").0,
+        401
+    );
+    assert_eq!(
+        srv.metric_label("tickwire_auth_failures_total", "reason=\"issuer\""),
+        2.0
+    );
+}
+
+fn b64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[test]
+fn auth_jwks_kid_tokens_end_to_end() {
+    let k1 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let k2 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let jwk = |kid: &str, k: &rcgen::KeyPair| {
+        let raw = k.public_key_raw();
+        json!({"kty":"EC","crv":"P-256","kid":kid,"x": b64url(&raw[1..33]), "y": b64url(&raw[33..])})
+    };
+    let dir = std::env::temp_dir().join(format!("tickwire-jwks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("keys.json");
+    std::fs::write(
+        &path,
+        json!({"keys":[jwk("one", &k1), jwk("two", &k2)]}).to_string(),
+    )
+    .unwrap();
+    let srv = Server::start(&["--jwt-jwks-file", path.to_str().unwrap()]);
+    let sign = |kid: &str, k: &rcgen::KeyPair, sub: &str| {
+        let mut h = Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = Some(kid.to_string());
+        let enc = EncodingKey::from_ec_pem(k.serialize_pem().as_bytes()).unwrap();
+        encode(
+            &h,
+            &json!({"sub": sub, "exp": now() + 600, "channels": ["user.{sub}"]}),
+            &enc,
+        )
+        .unwrap()
+    };
+    let mut feed = Feed::connect(srv.ingest);
+    // Each key by its kid, the token on the upgrade or in the first message.
+    let mut a = connect_bearer(srv.listen, &sign("one", &k1, "ann"));
+    assert_eq!(a.subscribe(&["user.ann"])["type"], "subscribed");
+    let mut b = connect_plain(srv.listen, "/ws");
+    b.send(&json!({"op":"auth","token": sign("two", &k2, "bob")}));
+    assert_eq!(b.recv()["type"], "authenticated");
+    assert_eq!(b.subscribe(&["user.bob"])["type"], "subscribed");
+    feed.send(&tick("user.ann", 1));
+    feed.send(&tick("user.bob", 1));
+    assert_eq!(a.recv()["ch"], "user.ann");
+    assert_eq!(b.recv()["ch"], "user.bob");
+    // A kid naming the other key, or no key at all: 401.
+    let wrong = sign("one", &k2, "eve");
+    let unknown = sign("three", &k1, "eve");
+    let auth = |t: &str| format!("Authorization: Bearer {t}\r\n");
+    assert_eq!(
+        upgrade(srv.listen, "/ws", &auth(&wrong)),
+        (401, "bad signature".to_string())
+    );
+    assert_eq!(
+        upgrade(srv.listen, "/ws", &auth(&unknown)),
+        (401, "unknown key id".to_string())
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn auth_stderr_never_holds_a_token() {
+    let log = std::env::temp_dir().join(format!("tickwire-auth-log-{}", std::process::id()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tickwire"));
+    cmd.args(["--listen", "127.0.0.1:0", "--ingest", "127.0.0.1:0"]);
+    cmd.env("TICKWIRE_JWT_SECRET", SECRET);
+    let mut srv = Server::spawn_ready_with_stderr(cmd, std::fs::File::create(&log).unwrap().into());
+    let forged = token(json!({"sub":"u1","exp": now() + 600}), "not-the-secret");
+    let expired = token(json!({"sub":"u1","exp": now() - 600}), SECRET);
+    let junk = "eyJhbGciOiJIUzI1NiJ9.not-a-payload.sig-nature-xyz";
+    for t in [&forged, &expired, &junk.to_string()] {
+        assert_eq!(
+            upgrade(srv.listen, "/ws", &format!("Authorization: Bearer {t}\r\n")).0,
+            401
+        );
+        assert_eq!(upgrade(srv.listen, &format!("/ws?token={t}"), "").0, 401);
+        let mut c = connect_plain(srv.listen, "/ws");
+        c.send(&json!({"op":"auth","token": t}));
+        let close = c.expect_close().expect("close frame");
+        assert_eq!(u16::from(close.code), 1008);
+    }
+    // A good token refreshed with a bad one is cut too.
+    let mut c = connect_bearer(srv.listen, &user_token("u1", 600, &["A"]));
+    c.send(&json!({"op":"auth","token": forged}));
+    assert_eq!(u16::from(c.expect_close().expect("close").code), 1008);
+    // Stop it so everything it would log is written.
+    srv.signal(15);
+    srv.wait_exit(Duration::from_secs(15)).expect("exits");
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::remove_file(&log).ok();
+    for t in [&forged, &expired, &junk.to_string()] {
+        // No whole token, and not its signature either.
+        let sig = t.rsplit('.').next().unwrap();
+        assert!(!text.contains(t.as_str()), "a token in stderr:\n{text}");
+        assert!(!text.contains(sig), "a signature in stderr:\n{text}");
+    }
+    assert!(!text.contains(SECRET), "the secret in stderr");
 }

@@ -583,7 +583,7 @@ fn fault_slowloris_handshakes_are_closed_and_others_still_connect() {
     assert_eq!(
         open,
         0,
-        "slow handshakes still open after {:?} (the handshake timeout is 10 s)",
+        "slow handshakes still open after {:?} (the handshake timeout is 10 s by default)",
         started.elapsed()
     );
     drop(slow);

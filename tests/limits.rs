@@ -232,3 +232,56 @@ fn limits_admin_port_serves_metrics_off_the_public_one() {
     // The public port keeps its health endpoints.
     assert_eq!(srv.http_get("/healthz").0, 200);
 }
+
+#[test]
+fn limits_older_limits_are_counted_by_reason() {
+    let srv = Server::start(&[
+        "--max-frame-size",
+        "128",
+        "--max-channels-per-connection",
+        "2",
+        "--max-line-size",
+        "64",
+        "--handshake-timeout",
+        "1s",
+    ]);
+    for reason in [
+        "subscriptions_per_connection",
+        "frame_too_large",
+        "handshake_timeout",
+        "line_too_long",
+    ] {
+        assert_eq!(limit_hits(&srv, reason), 0.0, "{reason} before any hit");
+    }
+    // Too many subscriptions: refused with an error, counted.
+    let mut c = Client::connect(srv.listen);
+    c.send(&json!({"op":"subscribe","channels":["A","B","C"]}));
+    let err = c.recv();
+    assert_eq!(err["code"], "too_many_channels", "{err}");
+    assert_eq!(limit_hits(&srv, "subscriptions_per_connection"), 1.0);
+    // A frame over max_frame_size: 1009, counted.
+    c.send_text(&"x".repeat(200));
+    let close = c.expect_close().expect("close frame");
+    assert_eq!(u16::from(close.code), 1009);
+    // Counted before the close frame was queued.
+    assert_eq!(limit_hits(&srv, "frame_too_large"), 1.0);
+    // A handshake that never completes: closed after handshake_timeout.
+    let mut slow = TcpStream::connect(srv.listen).unwrap();
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+        "handshake closed after {took:?}"
+    );
+    assert_eq!(limit_hits(&srv, "handshake_timeout"), 1.0);
+    // A feed line over max_line_size.
+    let mut feed = Feed::connect(srv.ingest);
+    feed.send(&format!("{{\"ch\":\"A\",\"pad\":\"{}\"}}", "p".repeat(100)));
+    let err = feed.read_error(Duration::from_secs(5));
+    assert_eq!(err["error"], "line too long", "{err}");
+    assert_eq!(limit_hits(&srv, "line_too_long"), 1.0);
+}

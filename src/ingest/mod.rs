@@ -26,6 +26,7 @@ use rtrb::{Consumer, Producer, PushError};
 use slab::Slab;
 
 use crate::clock;
+use crate::limits::{FeedAuth, Limit};
 use crate::metrics::Metrics;
 use crate::ring::{
     Doorbell, Resolved, RingBytes, SubscribeReply, ToIngest, ToWorker, WORKER_RING_BYTES_MAX,
@@ -42,8 +43,6 @@ const READ_CHUNK: usize = 64 * 1024;
 const FEED_OUT_MAX: usize = 1 << 20;
 /// Reads per feed per loop turn before the loop serves others (fairness).
 const READS_PER_TURN: usize = 16;
-/// How long a feed may take to send its `AUTH` line.
-const FEED_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a refused feed may take to close after its error line (its
 /// input is read and dropped meanwhile, so the close is not a reset that
 /// could discard the error line).
@@ -104,6 +103,8 @@ pub struct Ingest {
     /// The token an `AUTH` first line must carry.
     token: Option<Arc<[u8]>>,
     max_feeds: usize,
+    /// How long a feed may take to send its `AUTH` line (`handshake_timeout`).
+    auth_timeout: Duration,
     /// Idempotency keys of the publish API.
     idempotency: idempotency::Idempotency,
     /// Messages published through the HTTP API.
@@ -145,6 +146,8 @@ pub struct IngestParts {
     pub token: Option<Arc<[u8]>>,
     /// Feed connections at once.
     pub max_feeds: usize,
+    /// How long a feed may take to send its `AUTH` line.
+    pub auth_timeout: Duration,
     /// When feeds speak TLS: the listen port's certificate.
     pub tls: Option<crate::tls::SharedConfig>,
     /// History kept for resuming subscribers.
@@ -188,6 +191,7 @@ impl Ingest {
             max_line: p.max_line,
             token: p.token,
             max_feeds: p.max_feeds,
+            auth_timeout: p.auth_timeout,
             idempotency: idempotency::Idempotency::new(p.idempotency_window_ns),
             published_total: 0,
             tls: p.tls,
@@ -268,9 +272,7 @@ impl Ingest {
                     self.accept_failing = false;
                     let _ = stream.set_nodelay(true);
                     if self.feeds.len() >= self.max_feeds {
-                        self.metrics
-                            .refusals
-                            .limit(crate::limits::Limit::FeedConnections);
+                        self.metrics.refusals.limit(Limit::FeedConnections);
                         let msg = format!(
                             "{{\"error\":\"too many feed connections (max_feed_connections is {})\",\"line\":0}}\n",
                             self.max_feeds
@@ -490,16 +492,19 @@ impl Ingest {
         for (key, f) in self.feeds.iter() {
             if f.refused && f.since.elapsed() >= FEED_REFUSED_LINGER {
                 gone.push(key);
-            } else if !f.authed && !f.refused && f.since.elapsed() >= FEED_AUTH_TIMEOUT {
+            } else if !f.authed && !f.refused && f.since.elapsed() >= self.auth_timeout {
                 late.push(key);
             }
         }
         for key in late {
-            self.metrics.refusals.auth(&crate::auth::AuthError::Missing);
+            self.metrics.refusals.feed_auth(FeedAuth::Timeout);
             let feed = &mut self.feeds[key];
-            feed.out.extend_from_slice(
-                b"{\"error\":\"authentication timeout: no AUTH line within 10 s\",\"line\":1}\n",
+            // Rare (one per late feed): formatting here is fine.
+            let line = format!(
+                "{{\"error\":\"authentication timeout: no AUTH line within {}\",\"line\":1}}\n",
+                humantime::format_duration(self.auth_timeout)
             );
+            feed.out.extend_from_slice(line.as_bytes());
             feed.refused = true;
             feed.since = Instant::now();
             self.flush_feed(key);
@@ -519,13 +524,13 @@ impl Ingest {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let (ok, why, reason) = match line.strip_prefix(b"AUTH ") {
             Some(t) if crate::auth::constant_time_eq(t.trim_ascii(), token) => {
-                (true, "", crate::auth::AuthError::Missing)
+                (true, "", FeedAuth::Missing)
             }
-            Some(_) => (false, "bad token", crate::auth::AuthError::BadSignature),
+            Some(_) => (false, "bad token", FeedAuth::BadToken),
             None => (
                 false,
                 "authentication required: the first line must be AUTH <token>",
-                crate::auth::AuthError::Missing,
+                FeedAuth::Missing,
             ),
         };
         let feed = &mut self.feeds[key];
@@ -533,7 +538,7 @@ impl Ingest {
             feed.authed = true;
             return true;
         }
-        self.metrics.refusals.auth(&reason);
+        self.metrics.refusals.feed_auth(reason);
         feed.out.extend_from_slice(b"{\"error\":\"");
         feed.out.extend_from_slice(why.as_bytes());
         feed.out.extend_from_slice(b"\",\"line\":1}\n");
@@ -597,6 +602,12 @@ impl Ingest {
 
     fn reject(&mut self, key: usize, reason: Reject, line_no: u64) {
         self.rejects[reason.index()] += 1;
+        // The limits among the reasons count in the limit family too.
+        match reason {
+            Reject::LineTooLong => self.metrics.refusals.limit(Limit::LineTooLong),
+            Reject::ChannelLimit => self.metrics.refusals.limit(Limit::Channels),
+            _ => {}
+        }
         let feed = &mut self.feeds[key];
         if feed.out.len() > FEED_OUT_MAX {
             feed.out_dropped += 1;
@@ -765,6 +776,7 @@ impl Ingest {
         let names: Vec<&str> = items.iter().map(|i| &*i.ch).collect();
         if !self.sequencer.has_room_for(&names) {
             self.rejects[Reject::ChannelLimit.index()] += 1;
+            self.metrics.refusals.limit(Limit::Channels);
             let r = publish::Refusal {
                 error: "too many channels in the engine".into(),
                 index: 0,

@@ -98,6 +98,9 @@ impl Worker {
     fn admit(&mut self, stream: mio::net::TcpStream) {
         if self.open_connections.fetch_add(1, Ordering::Relaxed) >= self.config.max_connections {
             self.open_connections.fetch_sub(1, Ordering::Relaxed);
+            self.metrics
+                .refusals
+                .limit(crate::limits::Limit::Connections);
             return;
         }
         let _ = stream.set_nodelay(true);

@@ -15,9 +15,6 @@ use crate::worker::conn::{Conn, Guard};
 use crate::worker::subscriptions::Sub;
 use crate::worker::timers;
 
-/// How long an upgraded connection may take to send `{"op":"auth"}`.
-pub const AUTH_TIMEOUT_MS: u64 = 10_000;
-
 /// The reason for 1008 when the first message is not `{"op":"auth"}`.
 const AUTH_FIRST: &str =
     "missing token: the first message must be {\"op\":\"auth\",\"token\":\"...\"}";
@@ -233,7 +230,8 @@ impl Worker {
     }
 
     /// Token deadlines, at housekeeping: `token_expiring` a lead before
-    /// `exp`, 1008 at `exp`, 1008 for no `{"op":"auth"}` in time.
+    /// `exp + jwt_leeway`, 1008 at `exp + jwt_leeway`, 1008 for no
+    /// `{"op":"auth"}` in time.
     pub(crate) fn auth_timers(conn: &mut Conn, w: AuthTimerCtx<'_>) -> bool {
         let Some(guard) = conn.guard.as_mut() else {
             return false;
@@ -241,7 +239,7 @@ impl Worker {
         match &mut guard.auth {
             ConnAuth::Off => false,
             ConnAuth::Waiting { since_ms } => {
-                if w.now_ms.saturating_sub(*since_ms) < AUTH_TIMEOUT_MS {
+                if w.now_ms.saturating_sub(*since_ms) < w.handshake_ms {
                     return false;
                 }
                 w.refusals.auth(&AuthError::Missing);
@@ -255,11 +253,14 @@ impl Worker {
                 true
             }
             ConnAuth::User(s) => {
-                if w.unix_s >= s.exp {
+                // The leeway verify() allowed: a token accepted within it
+                // past `exp` lives until `exp + leeway`, not cut at once.
+                let deadline = s.exp.saturating_add(w.leeway_s);
+                if w.unix_s >= deadline {
                     timers::cut(conn, w.index, w.link, w.now_ms, "token expired");
                     return true;
                 }
-                if !s.warned && w.unix_s + w.lead_s >= s.exp {
+                if !s.warned && w.unix_s.saturating_add(w.lead_s) >= deadline {
                     s.warned = true;
                     let f = client::token_expiring_frame(s.exp);
                     conn.reply(Entry::control(f));
@@ -279,6 +280,10 @@ pub struct AuthTimerCtx<'a> {
     pub unix_s: u64,
     /// `token_refresh_lead`, s.
     pub lead_s: u64,
+    /// `jwt_leeway`, s.
+    pub leeway_s: u64,
+    /// `handshake_timeout`, ms: the window for the first-message token.
+    pub handshake_ms: u64,
     /// The subscriber index.
     pub index: &'a mut crate::worker::fanout::SubscriberIndex,
     /// The ingest link.

@@ -6,6 +6,7 @@ use std::io::{self, Read};
 
 use bytes::Bytes;
 
+use crate::limits::Limit;
 use crate::protocol::client;
 use crate::protocol::client::ErrorCode;
 use crate::protocol::frame::{self, CloseCode};
@@ -356,6 +357,7 @@ impl Worker {
                             ));
                         }
                         if q.channels.len() > config.max_channels_per_connection {
+                            metrics.refusals.limit(Limit::SubscriptionsPerConnection);
                             return Err(http::Response::BadRequest(
                                 "more channels than max_channels_per_connection",
                             ));
@@ -505,6 +507,9 @@ impl Worker {
 
     fn violation(&mut self, slot: u32, v: Violation) {
         self.stats.counters.protocol_closes += 1;
+        if v.code == CloseCode::TooBig {
+            self.metrics.refusals.limit(Limit::FrameTooLarge);
+        }
         // Events parsed before the violation still count (requests, echoes,
         // pongs); the close follows them.
         self.apply_events(slot);

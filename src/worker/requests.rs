@@ -4,6 +4,7 @@
 
 use crate::channel::ChannelId;
 use crate::ingest::history::Start;
+use crate::limits::Limit;
 use crate::protocol::client::{self, Ack, ClientOp, ErrorCode};
 use crate::ring::{Resolved, SubscribeReply};
 use crate::worker::Worker;
@@ -33,6 +34,7 @@ impl Worker {
             index,
             link,
             stats,
+            metrics,
             ..
         } = self;
         let conn = &mut conns[slot as usize];
@@ -59,6 +61,9 @@ impl Worker {
             }
             Err(e) => {
                 stats.counters.client_errors += 1;
+                if e.code == ErrorCode::TooManyChannels {
+                    metrics.refusals.limit(Limit::SubscriptionsPerConnection);
+                }
                 conn.reply(Entry::control(client::error_frame(e.code, &e.message)));
             }
         }
@@ -78,7 +83,11 @@ impl Worker {
     ) {
         let max = self.config.max_channels_per_connection;
         let Worker {
-            conns, link, stats, ..
+            conns,
+            link,
+            stats,
+            metrics,
+            ..
         } = self;
         let Some(conn) = conns.get_mut(slot as usize) else {
             return;
@@ -105,6 +114,7 @@ impl Worker {
         let new = names.iter().filter(|n| !conn.subs.contains(n)).count();
         if conn.subs.len() + new > max {
             stats.counters.client_errors += 1;
+            metrics.refusals.limit(Limit::SubscriptionsPerConnection);
             let msg = format!(
                 "subscribing to {new} more channels would pass the limit of {max} per connection ({} now)",
                 conn.subs.len()
@@ -149,6 +159,7 @@ impl Worker {
             stats,
             dirty,
             keep_all,
+            metrics,
             ..
         } = self;
         let conn = &mut conns[slot as usize];
@@ -197,6 +208,7 @@ impl Worker {
             starts.push((name, r));
         }
         if !refused.is_empty() {
+            metrics.refusals.limit(Limit::Channels);
             let msg = format!(
                 "the engine's channel limit is reached; not subscribed: {}",
                 refused.join(",")

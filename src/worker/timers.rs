@@ -14,8 +14,6 @@ use crate::worker::guard;
 use crate::worker::input;
 use crate::worker::link::IngestLink;
 
-/// How long a handshake may take.
-const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// How long a closing connection may take to flush its last frames, and
 /// then to close its side after ours.
 const CLOSING_TIMEOUT_MS: u64 = 2_000;
@@ -86,6 +84,8 @@ impl Worker {
         let mut to_close: Vec<u32> = Vec::new();
         let unix_s = crate::auth::unix_now();
         let lead_s = self.config.token_refresh_lead.as_secs();
+        let leeway_s = self.config.jwt_leeway.as_secs();
+        let handshake_ms = self.config.handshake_timeout.as_millis() as u64;
         let Worker {
             conns,
             index,
@@ -100,7 +100,10 @@ impl Worker {
             let slot = slot as u32;
             match conn.phase {
                 Phase::Handshake { since_ms } | Phase::Publishing { since_ms } => {
-                    if now.saturating_sub(since_ms) >= HANDSHAKE_TIMEOUT_MS {
+                    if now.saturating_sub(since_ms) >= handshake_ms {
+                        metrics
+                            .refusals
+                            .limit(crate::limits::Limit::HandshakeTimeout);
                         to_close.push(slot);
                     }
                 }
@@ -121,6 +124,8 @@ impl Worker {
                             now_ms: now,
                             unix_s,
                             lead_s,
+                            leeway_s,
+                            handshake_ms,
                             index,
                             link,
                             refusals: &metrics.refusals,
