@@ -368,7 +368,7 @@ pub struct Cli {
     /// History older than this is not replayed (0 for no age limit) [default: 1m]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub history_ttl: Option<Duration>,
-    /// History bytes over all channels; past it the oldest entries go first [default: 256MiB]
+    /// History bytes over all channels; past it the oldest entries of the largest histories go first [default: 256MiB]
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub history_memory_max: Option<usize>,
     /// Largest POST /api/publish body; larger gets 413 [default: 1MiB]
