@@ -404,7 +404,7 @@ pub struct Cli {
     /// Feed connections the ingest port holds at once; more get an error line and are closed [default: 64]
     #[arg(long, value_name = "N")]
     pub max_feed_connections: Option<usize>,
-    /// Proxies whose Forwarded or X-Forwarded-For header names the client, comma-separated addresses or CIDRs (10.0.0.0/8) [default: none]
+    /// Proxies whose Forwarded or X-Forwarded-For header names the client (per-address limits, loopback-only publish), comma-separated addresses or CIDRs (10.0.0.0/8) [default: none]
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<String>>,
 }
