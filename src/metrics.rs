@@ -82,6 +82,8 @@ pub mod names {
     pub const RESYNCS_TOTAL: &str = "tickwire_resyncs_total";
     /// `tickwire_http_published_total`.
     pub const HTTP_PUBLISHED_TOTAL: &str = "tickwire_http_published_total";
+    /// `tickwire_http_publish_repeats_total{reason}`.
+    pub const HTTP_PUBLISH_REPEATS_TOTAL: &str = "tickwire_http_publish_repeats_total";
     /// `tickwire_class_channels{class}`.
     pub const CLASS_CHANNELS: &str = "tickwire_class_channels";
     /// `tickwire_history_bytes`.
@@ -237,6 +239,8 @@ pub struct IngestStats {
     pub history_bytes: AtomicU64,
     /// Messages published through `POST /api/publish`.
     pub published: AtomicU64,
+    /// `POST /api/publish` messages that repeated an idempotency key.
+    pub publish_repeats: AtomicU64,
     /// Channels per class, in class order.
     pub class_channels: Box<[AtomicU64]>,
     /// Times a worker ring was full and ingest waited (backpressure).
@@ -474,9 +478,15 @@ impl Metrics {
         gauge(
             &mut o,
             names::HTTP_PUBLISHED_TOTAL,
-            "Messages published through POST /api/publish (idempotent repeats included).",
+            "Messages published through POST /api/publish (not idempotent repeats, which publish nothing).",
             "counter",
             i.published.load(r),
+        );
+        let name = names::HTTP_PUBLISH_REPEATS_TOTAL;
+        let _ = writeln!(
+            o,
+            "# HELP {name} POST /api/publish messages answered with an earlier seq and not published, by reason.\n# TYPE {name} counter\n{name}{{reason=\"idempotency_key\"}} {}",
+            i.publish_repeats.load(r)
         );
         gauge(
             &mut o,

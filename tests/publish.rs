@@ -189,6 +189,14 @@ fn publish_idempotency_keys_never_duplicate() {
     assert_eq!(other["results"][0]["seq"], 2);
     assert_eq!(c.recv()["seq"], 1);
     assert_eq!(c.recv()["seq"], 2, "the retry was not delivered");
+    // The retry published nothing: counted apart from what was published.
+    let repeats = "tickwire_http_publish_repeats_total";
+    srv.wait_metric(repeats, |v| v >= 1.0, Duration::from_secs(5));
+    assert_eq!(
+        srv.metric_label(repeats, "reason=\"idempotency_key\""),
+        1.0
+    );
+    assert_eq!(srv.metric("tickwire_http_published_total"), 2.0);
 }
 
 #[test]

@@ -609,6 +609,7 @@ fn channels_api_lists_the_table_page_by_page() {
                 assert_eq!(ch["seq"], 2);
                 assert_eq!(ch["history"], 2);
                 assert_eq!(ch["subscriptions"], 1);
+                assert_eq!(ch["subscribers"], 1);
             } else {
                 assert_eq!(ch["class"], "default");
             }

@@ -206,7 +206,8 @@ impl Sequencer {
     }
 
     /// An `/api/channels` body: up to `limit` channels from slot `cursor`,
-    /// `{"channels":[{"name","class","subscriptions","seq","epoch","history"}],"next":N|null}`.
+    /// `{"channels":[{"name","class","subscriptions","subscribers","seq","epoch","history"}],"next":N|null}`
+    /// (`subscribers` is `subscriptions` under the name; both stay).
     pub fn channels_json(&self, cursor: usize, limit: usize, class_names: &[String]) -> Vec<u8> {
         let mut list = Vec::with_capacity(limit);
         let mut next = None;
@@ -222,6 +223,7 @@ impl Sequencer {
                 "name": &*c.name,
                 "class": class_names.get(c.class as usize).map_or("default", String::as_str),
                 "subscriptions": c.refs,
+                "subscribers": c.refs,
                 "seq": c.seq,
                 "epoch": history::epoch_string(self.engine_epoch, c.incarnation),
                 "history": c.history.len(),
