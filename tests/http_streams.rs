@@ -353,7 +353,10 @@ fn a_stalled_sse_reader_of_a_class_that_never_conflates_is_cut_then_resumes_with
     let last = *had.last().expect("some updates before the cut");
     assert_eq!(had, (1..=last).collect::<Vec<_>>());
     assert!(last < n, "it was cut before the end ({last} of {n})");
-    assert!(sse.next().is_none(), "the stream ends after the close event");
+    assert!(
+        sse.next().is_none(),
+        "the stream ends after the close event"
+    );
     let last_id = got
         .iter()
         .rev()
@@ -374,7 +377,11 @@ fn a_stalled_sse_reader_of_a_class_that_never_conflates_is_cut_then_resumes_with
     feed.send(&format!(r#"{{"ch":"user.1","i":{}}}"#, n + 1));
     let live = again.until("one more", |e| is_update(e, "user.1", n + 1));
     assert_eq!(seqs(&live, "user.1"), vec![n + 1]);
-    assert_eq!(srv.metric("tickwire_conflated_total"), 0.0, "never conflated");
+    assert_eq!(
+        srv.metric("tickwire_conflated_total"),
+        0.0,
+        "never conflated"
+    );
     assert_eq!(srv.metric("tickwire_resyncs_total"), 0.0);
     std::fs::remove_dir_all(dir).ok();
 }

@@ -192,10 +192,7 @@ fn publish_idempotency_keys_never_duplicate() {
     // The retry published nothing: counted apart from what was published.
     let repeats = "tickwire_http_publish_repeats_total";
     srv.wait_metric(repeats, |v| v >= 1.0, Duration::from_secs(5));
-    assert_eq!(
-        srv.metric_label(repeats, "reason=\"idempotency_key\""),
-        1.0
-    );
+    assert_eq!(srv.metric_label(repeats, "reason=\"idempotency_key\""), 1.0);
     assert_eq!(srv.metric("tickwire_http_published_total"), 2.0);
 }
 
