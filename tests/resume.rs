@@ -382,8 +382,7 @@ fn notification_class_never_conflates_cuts_a_slow_consumer_who_then_resumes() {
                     // The feed itself watches for the cut, so however the
                     // machine schedules the test, it is at most a few
                     // updates past it when it knows.
-                    if at_cut.is_none()
-                        && srv.metric("tickwire_slow_consumer_closes_total") >= 1.0
+                    if at_cut.is_none() && srv.metric("tickwire_slow_consumer_closes_total") >= 1.0
                     {
                         at_cut = Some(i);
                         cut_seen.store(true, Ordering::SeqCst);
@@ -435,10 +434,10 @@ fn notification_class_never_conflates_cuts_a_slow_consumer_who_then_resumes() {
                 _ => {}
             }
         };
-    let code = u16::from_be_bytes([close[0], close[1]]);
-    let reason = String::from_utf8_lossy(&close[2..]).to_string();
-    assert_eq!(code, 1008, "{reason}");
-    assert!(reason.starts_with("slow consumer"), "{reason}");
+        let code = u16::from_be_bytes([close[0], close[1]]);
+        let reason = String::from_utf8_lossy(&close[2..]).to_string();
+        assert_eq!(code, 1008, "{reason}");
+        assert!(reason.starts_with("slow consumer"), "{reason}");
         // Right away, from exactly the last seq it has.
         let mut again = Client::connect(srv.listen);
         let ack = subscribe(&mut again, "user.1", Some((last, &epoch)));
@@ -449,13 +448,19 @@ fn notification_class_never_conflates_cuts_a_slow_consumer_who_then_resumes() {
         (last, at_resume, n, reader.join().unwrap(), resumed_msgs)
     });
     eprintln!("cut after seq {last}; resumed at {at_resume}; feed ended at {n}");
-    assert!(at_resume > last, "it missed updates ({last} vs {at_resume})");
+    assert!(
+        at_resume > last,
+        "it missed updates ({last} vs {at_resume})"
+    );
 
     // Every notification reached the reader that kept up, in order...
     assert_eq!(update_seqs(&fast_msgs), (1..=n).collect::<Vec<_>>());
     // ...and the resumed one got every seq after its last exactly once, in
     // order, through to the end: no resync, no gap, no repeat at the seam.
-    assert_eq!(update_seqs(&resumed_msgs), (last + 1..=n).collect::<Vec<_>>());
+    assert_eq!(
+        update_seqs(&resumed_msgs),
+        (last + 1..=n).collect::<Vec<_>>()
+    );
     assert!(n > at_resume, "the feed went on after the resume");
     assert_eq!(srv.metric("tickwire_resyncs_total"), 0.0);
     assert_eq!(
@@ -467,6 +472,19 @@ fn notification_class_never_conflates_cuts_a_slow_consumer_who_then_resumes() {
         srv.metric_label("tickwire_class_channels", "class=\"notify\""),
         1.0
     );
+    // Counted by class: the cut, and the replay (once the worker has
+    // published the counters of the turn that wrote it).
+    let notify = |name: &str| srv.metric_label(name, "class=\"notify\"");
+    let replayed = "tickwire_class_replayed_total";
+    let t0 = Instant::now();
+    while notify(replayed) < (at_resume - last) as f64 && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(notify(replayed), (at_resume - last) as f64);
+    assert_eq!(notify("tickwire_class_slow_consumer_closes_total"), 1.0);
+    for name in [replayed, "tickwire_class_slow_consumer_closes_total"] {
+        assert_eq!(srv.metric_label(name, "class=\"default\""), 0.0, "{name}");
+    }
     std::fs::remove_dir_all(dir).ok();
 }
 

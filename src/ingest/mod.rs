@@ -739,6 +739,7 @@ impl Ingest {
                             seq,
                             epoch,
                             conflate: self.sequencer.conflates(id),
+                            class: self.sequencer.class_of(id),
                         })
                     })
                     .collect();

@@ -119,6 +119,11 @@ impl Sequencer {
         &self.class_channels
     }
 
+    /// The channel's class, as an index in class order (the default last).
+    pub fn class_of(&self, id: ChannelId) -> u16 {
+        self.channels[id.index()].class
+    }
+
     /// Whether the channel's updates conflate for slow consumers.
     pub fn conflates(&self, id: ChannelId) -> bool {
         self.classes[self.channels[id.index()].class as usize].conflate
@@ -491,9 +496,7 @@ impl Sequencer {
             debug_assert_eq!(kept, self.history_bytes, "history bytes drifted");
         }
         debug_assert!(
-            self.channels
-                .iter()
-                .all(|c| c.history.bytes() <= c.claimed),
+            self.channels.iter().all(|c| c.history.bytes() <= c.claimed),
             "a history larger than the cap's order knows"
         );
         debug_assert!(
@@ -757,7 +760,10 @@ mod tests {
         let entry = big.len() + 64 + 64;
         assert!(s.history_bytes() + 2 * entry > cap, "the cap is used");
         let (a, b) = (history_len(&s, "MKT.A"), history_len(&s, "MKT.B"));
-        assert!(a.abs_diff(b) <= 1, "the large ones are levelled: {a} vs {b}");
+        assert!(
+            a.abs_diff(b) <= 1,
+            "the large ones are levelled: {a} vs {b}"
+        );
         // The oldest go first: what a market channel keeps is its newest.
         let id = s.by_name[&b"MKT.A"[..]];
         let (kept, _) = s.channels[id.index()].history.page(0, usize::MAX, 0, 0);
