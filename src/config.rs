@@ -380,7 +380,7 @@ pub struct Cli {
     /// History older than this is not replayed (0 for no age limit) [default: 1m]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub history_ttl: Option<Duration>,
-    /// History bytes over all channels; past it the oldest entries go first [default: 256MiB]
+    /// History bytes over all channels; past it the oldest entries of the largest histories go first [default: 256MiB]
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub history_memory_max: Option<usize>,
     /// Largest POST /api/publish body; larger gets 413 [default: 1MiB]
@@ -416,7 +416,7 @@ pub struct Cli {
     /// Feed connections the ingest port holds at once; more get an error line and are closed [default: 64]
     #[arg(long, value_name = "N")]
     pub max_feed_connections: Option<usize>,
-    /// Proxies whose Forwarded or X-Forwarded-For header names the client, comma-separated addresses or CIDRs (10.0.0.0/8) [default: none]
+    /// Proxies whose Forwarded or X-Forwarded-For header names the client (per-address limits, loopback-only publish), comma-separated addresses or CIDRs (10.0.0.0/8) [default: none]
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<String>>,
 }

@@ -82,6 +82,12 @@ pub mod names {
     pub const RESYNCS_TOTAL: &str = "tickwire_resyncs_total";
     /// `tickwire_http_published_total`.
     pub const HTTP_PUBLISHED_TOTAL: &str = "tickwire_http_published_total";
+    /// `tickwire_http_publish_repeats_total{reason}`.
+    pub const HTTP_PUBLISH_REPEATS_TOTAL: &str = "tickwire_http_publish_repeats_total";
+    /// `tickwire_class_slow_consumer_closes_total{class}`.
+    pub const CLASS_SLOW_CONSUMER_CLOSES_TOTAL: &str = "tickwire_class_slow_consumer_closes_total";
+    /// `tickwire_class_replayed_total{class}`.
+    pub const CLASS_REPLAYED_TOTAL: &str = "tickwire_class_replayed_total";
     /// `tickwire_class_channels{class}`.
     pub const CLASS_CHANNELS: &str = "tickwire_class_channels";
     /// `tickwire_history_bytes`.
@@ -141,6 +147,10 @@ pub struct WorkerStats {
     /// 20 ms windows in which the worker's thread waited for a core (whether
     /// or not pacing applies).
     pub contended_windows: AtomicU64,
+    /// Budget cuts of consumers of never-conflating channels, by class.
+    pub class_slow_consumer_closes: Box<[AtomicU64]>,
+    /// Updates replayed to resuming subscribers, by class.
+    pub class_replayed: Box<[AtomicU64]>,
 }
 
 /// The worker's private copy, published with [`WorkerCounters::publish`].
@@ -188,9 +198,23 @@ pub struct WorkerCounters {
     pub paced_wait_ns: u64,
     /// See [`WorkerStats`].
     pub contended_windows: u64,
+    /// See [`WorkerStats`] (grown on first use).
+    pub class_slow_consumer_closes: Vec<u64>,
+    /// See [`WorkerStats`] (grown on first use).
+    pub class_replayed: Vec<u64>,
 }
 
 impl WorkerCounters {
+    /// One budget cut in `class` (at a cut, never per delivery).
+    pub fn add_class_slow_close(&mut self, class: u16) {
+        add_at(&mut self.class_slow_consumer_closes, class, 1);
+    }
+
+    /// `n` updates replayed in `class` (once per resumed channel).
+    pub fn add_class_replayed(&mut self, class: u16, n: u64) {
+        add_at(&mut self.class_replayed, class, n);
+    }
+
     /// Publishes the counters. Each has one writer, so plain stores suffice
     /// (no read-modify-write on the hot path).
     pub fn publish(&self, s: &WorkerStats) {
@@ -217,7 +241,25 @@ impl WorkerCounters {
         s.paced_passes.store(self.paced_passes, r);
         s.paced_wait_ns.store(self.paced_wait_ns, r);
         s.contended_windows.store(self.contended_windows, r);
+        for (a, v) in s
+            .class_slow_consumer_closes
+            .iter()
+            .zip(&self.class_slow_consumer_closes)
+        {
+            a.store(*v, r);
+        }
+        for (a, v) in s.class_replayed.iter().zip(&self.class_replayed) {
+            a.store(*v, r);
+        }
     }
+}
+
+fn add_at(v: &mut Vec<u64>, k: u16, n: u64) {
+    let k = usize::from(k);
+    if v.len() <= k {
+        v.resize(k + 1, 0);
+    }
+    v[k] += n;
 }
 
 /// Counters the ingest thread publishes.
@@ -237,6 +279,8 @@ pub struct IngestStats {
     pub history_bytes: AtomicU64,
     /// Messages published through `POST /api/publish`.
     pub published: AtomicU64,
+    /// `POST /api/publish` messages that repeated an idempotency key.
+    pub publish_repeats: AtomicU64,
     /// Channels per class, in class order.
     pub class_channels: Box<[AtomicU64]>,
     /// Times a worker ring was full and ingest waited (backpressure).
@@ -271,11 +315,19 @@ impl Metrics {
             class_channels: classes.iter().map(|_| AtomicU64::new(0)).collect(),
             ..IngestStats::default()
         };
+        let per_class = || classes.iter().map(|_| AtomicU64::new(0)).collect();
+        let worker_stats = (0..workers)
+            .map(|_| {
+                CachePadded::new(WorkerStats {
+                    class_slow_consumer_closes: per_class(),
+                    class_replayed: per_class(),
+                    ..WorkerStats::default()
+                })
+            })
+            .collect();
         Metrics {
             classes,
-            workers: (0..workers)
-                .map(|_| CachePadded::new(WorkerStats::default()))
-                .collect(),
+            workers: worker_stats,
             ingest: CachePadded::new(ingest),
             refusals: CachePadded::new(crate::limits::Refusals::default()),
             latency: (0..workers)
@@ -474,9 +526,15 @@ impl Metrics {
         gauge(
             &mut o,
             names::HTTP_PUBLISHED_TOTAL,
-            "Messages published through POST /api/publish (idempotent repeats included).",
+            "Messages published through POST /api/publish (not idempotent repeats, which publish nothing).",
             "counter",
             i.published.load(r),
+        );
+        let name = names::HTTP_PUBLISH_REPEATS_TOTAL;
+        let _ = writeln!(
+            o,
+            "# HELP {name} POST /api/publish messages answered with an earlier seq and not published, by reason.\n# TYPE {name} counter\n{name}{{reason=\"idempotency_key\"}} {}",
+            i.publish_repeats.load(r)
         );
         gauge(
             &mut o,
@@ -548,6 +606,29 @@ impl Metrics {
         for (k, class) in self.classes.iter().enumerate() {
             let n = i.class_channels.get(k).map_or(0, |a| a.load(r));
             let _ = writeln!(o, "{name}{{class=\"{class}\"}} {n}");
+        }
+        for (name, help, f) in [
+            (
+                names::CLASS_SLOW_CONSUMER_CLOSES_TOTAL,
+                "Consumers of never-conflating channels closed a budget behind (1008), by channel class.",
+                (|w: &WorkerStats| &w.class_slow_consumer_closes)
+                    as fn(&WorkerStats) -> &[AtomicU64],
+            ),
+            (
+                names::CLASS_REPLAYED_TOTAL,
+                "Updates replayed from history to resuming subscribers, by channel class.",
+                |w: &WorkerStats| &w.class_replayed,
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (k, class) in self.classes.iter().enumerate() {
+                let n: u64 = self
+                    .workers
+                    .iter()
+                    .map(|w| f(w).get(k).map_or(0, |a| a.load(r)))
+                    .sum();
+                let _ = writeln!(o, "{name}{{class=\"{class}\"}} {n}");
+            }
         }
         let name = names::AUTH_FAILURES_TOTAL;
         let _ = writeln!(

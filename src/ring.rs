@@ -55,6 +55,8 @@ pub struct Resolved {
     /// Whether its updates conflate for a slow consumer (else the consumer
     /// is closed past its budget and resumes from history).
     pub conflate: bool,
+    /// Its channel class (index in class order), for per-class counters.
+    pub class: u16,
 }
 
 /// A message from the ingest thread to a worker. Ordered: a reply queued after

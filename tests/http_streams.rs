@@ -260,13 +260,32 @@ fn an_sse_resume_of_another_epoch_is_a_resync_and_bad_requests_are_400() {
 
 #[test]
 fn sse_sends_heartbeat_comments_and_a_close_event_on_drain() {
-    let mut srv = Server::start(&["--ping-interval", "1s", "--drain-timeout", "2s"]);
+    // An idle timeout of 2 s, which a WebSocket client that sends nothing
+    // would hit: an SSE reader cannot send anything, so it must not.
+    let mut srv = Server::start(&[
+        "--ping-interval",
+        "1s",
+        "--idle-timeout",
+        "2s",
+        "--drain-timeout",
+        "2s",
+    ]);
     let mut sse = Sse::open(srv.listen, "/sse?channels=A", None);
     let t0 = Instant::now();
     let got = sse.until("a heartbeat", |e| e.name == ":");
     assert!(t0.elapsed() < Duration::from_secs(3), "{got:?}");
-    // Never idle-closed: it cannot send anything.
-    std::thread::sleep(Duration::from_millis(200));
+    // Past the idle timeout with heartbeats flowing: never idle-closed.
+    let mut beats = 0;
+    while t0.elapsed() < Duration::from_millis(3500) {
+        let e = sse.next().expect("the stream is still open");
+        assert_eq!(e.name, ":", "only heartbeats: {e:?}");
+        beats += 1;
+    }
+    assert!(beats >= 2, "{beats} heartbeats in 3.5 s");
+    assert_eq!(srv.metric("tickwire_idle_closes_total"), 0.0);
+    let mut feed = Feed::connect(srv.ingest);
+    feed.send(&tick("A", 1));
+    sse.until("A 1", |e| is_update(e, "A", 1));
     srv.signal(SIGTERM);
     let got = sse.until("the close event", |e| e.name == "close");
     let close = got.last().unwrap().json();
@@ -276,6 +295,95 @@ fn sse_sends_heartbeat_comments_and_a_close_event_on_drain() {
         "the stream ends after the close event"
     );
     srv.wait_exit(Duration::from_secs(6)).expect("exits");
+}
+
+#[test]
+fn a_stalled_sse_reader_of_a_class_that_never_conflates_is_cut_then_resumes_with_all() {
+    let dir = std::env::temp_dir().join(format!("tickwire-sse-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("classes.toml");
+    std::fs::write(
+        &cfg,
+        "[[classes]]\nname = \"notify\"\npattern = \"user.*\"\nconflate = false\n",
+    )
+    .unwrap();
+    let srv = Server::start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--outbound-budget",
+        "64KiB",
+        "--socket-send-buffer",
+        "16KiB",
+        "--workers",
+        "1",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sse = Sse::open_with_rcvbuf(srv.listen, "/sse?channels=user.1", None, Some(4096));
+    assert_eq!(sse.next().unwrap().name, "subscribed");
+    // Not read while the feed goes on; the feed watches for the cut and
+    // stops 50 updates after it (the dropped queue, at most the 64 KiB
+    // budget, and these stay within the 256 updates of history).
+    let mut feed = Feed::connect(srv.ingest);
+    let pad = "n".repeat(1000);
+    let mut cut_at = None;
+    let mut n = 0;
+    while cut_at.is_none_or(|c| n < c + 50) {
+        n += 1;
+        feed.send(&format!(r#"{{"ch":"user.1","i":{n},"pad":"{pad}"}}"#));
+        if n % 10 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+            if cut_at.is_none() && srv.metric("tickwire_slow_consumer_closes_total") >= 1.0 {
+                cut_at = Some(n);
+            }
+            assert!(Instant::now() < deadline, "never cut ({n} fed)");
+        }
+    }
+    srv.wait_metric(
+        "tickwire_ingest_messages_total",
+        |v| v >= n as f64,
+        Duration::from_secs(10),
+    );
+    // What it got is gap-free, then the close event: 1008 `slow consumer`.
+    let got = sse.until("the close event", |e| e.name == "close");
+    let close = got.last().unwrap().json();
+    assert_eq!(close["code"], 1008, "{close}");
+    let reason = close["reason"].as_str().unwrap();
+    assert!(reason.starts_with("slow consumer"), "{reason}");
+    let had = seqs(&got, "user.1");
+    let last = *had.last().expect("some updates before the cut");
+    assert_eq!(had, (1..=last).collect::<Vec<_>>());
+    assert!(last < n, "it was cut before the end ({last} of {n})");
+    assert!(
+        sse.next().is_none(),
+        "the stream ends after the close event"
+    );
+    let last_id = got
+        .iter()
+        .rev()
+        .find(|e| e.name == "update")
+        .and_then(|e| e.id.clone())
+        .expect("updates carry an id");
+    // What EventSource does: reconnect with the last id it saw.
+    let mut again = Sse::open(srv.listen, "/sse?channels=user.1", Some(&last_id));
+    assert_eq!(again.status, 200);
+    let replay = again.until("the last fed", |e| is_update(e, "user.1", n));
+    assert!(
+        replay.iter().all(|e| e.name != "resync"),
+        "{:?}",
+        replay.iter().find(|e| e.name == "resync")
+    );
+    assert_eq!(seqs(&replay, "user.1"), (last + 1..=n).collect::<Vec<_>>());
+    // Then live, with nothing repeated at the seam.
+    feed.send(&format!(r#"{{"ch":"user.1","i":{}}}"#, n + 1));
+    let live = again.until("one more", |e| is_update(e, "user.1", n + 1));
+    assert_eq!(seqs(&live, "user.1"), vec![n + 1]);
+    assert_eq!(
+        srv.metric("tickwire_conflated_total"),
+        0.0,
+        "never conflated"
+    );
+    assert_eq!(srv.metric("tickwire_resyncs_total"), 0.0);
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]

@@ -189,6 +189,11 @@ fn publish_idempotency_keys_never_duplicate() {
     assert_eq!(other["results"][0]["seq"], 2);
     assert_eq!(c.recv()["seq"], 1);
     assert_eq!(c.recv()["seq"], 2, "the retry was not delivered");
+    // The retry published nothing: counted apart from what was published.
+    let repeats = "tickwire_http_publish_repeats_total";
+    srv.wait_metric(repeats, |v| v >= 1.0, Duration::from_secs(5));
+    assert_eq!(srv.metric_label(repeats, "reason=\"idempotency_key\""), 1.0);
+    assert_eq!(srv.metric("tickwire_http_published_total"), 2.0);
 }
 
 #[test]
@@ -243,6 +248,49 @@ fn publish_keep_alive_and_pipelining_answer_in_order() {
         std::time::Duration::from_secs(5),
     );
     assert_eq!(published, 405.0);
+}
+
+#[test]
+fn without_an_api_key_a_client_forwarded_by_a_trusted_proxy_is_not_loopback() {
+    // A reverse proxy on this host: every request comes from 127.0.0.1,
+    // and the proxy names the real client.
+    let srv = Server::start(&["--trusted-proxies", "127.0.0.1"]);
+    let body = r#"{"ch":"a","data":1}"#;
+    let publish = |extra: &str| {
+        let mut h = Http::connect(srv.listen);
+        h.send(&Http::request(body, extra));
+        let (code, _, text) = h.response();
+        (code, text)
+    };
+    let channels = |extra: &str| {
+        common::http_request(
+            srv.listen,
+            &format!("GET /api/channels HTTP/1.1\r\n{extra}\r\n"),
+        )
+    };
+    for remote in [
+        "X-Forwarded-For: 203.0.113.7\r\n",
+        "Forwarded: for=203.0.113.7\r\n",
+        // A forged entry left of the real one changes nothing.
+        "X-Forwarded-For: 127.0.0.1, 203.0.113.7\r\n",
+    ] {
+        let (code, text) = publish(remote);
+        assert_eq!(code, 403, "{remote}: {text}");
+        assert!(text.contains("api_key_file"), "{text}");
+        let (code, text) = channels(remote);
+        assert_eq!(code, 403, "{remote}: {text}");
+    }
+    // Loopback clients through the proxy, and the proxy itself, may.
+    for local in ["X-Forwarded-For: 127.0.0.1\r\n", ""] {
+        let (code, text) = publish(local);
+        assert_eq!(code, 200, "{local}: {text}");
+        let (code, text) = channels(local);
+        assert_eq!(code, 200, "{local}: {text}");
+    }
+    // Only the two allowed publishes were sequenced.
+    let (_, text) = channels("");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["channels"][0]["seq"], 2, "{v}");
 }
 
 #[test]

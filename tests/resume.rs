@@ -6,10 +6,12 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Client, Feed, Server, tick};
 use serde_json::{Value, json};
+use tungstenite::Message;
 
 /// Subscribes with an optional `since`; returns the ack.
 fn subscribe(c: &mut Client, ch: &str, since: Option<(u64, &str)>) -> Value {
@@ -297,11 +299,44 @@ fn history_memory_stays_under_its_cap() {
     assert_eq!(seqs_until(&mut e, "H3", 500), vec![499, 500]);
 }
 
+/// Reads `c` as updates come (never stalling it) until `target` is set and
+/// reached; returns every message, so a resync or a repeat is visible.
+fn read_until(c: &mut Client, target: &AtomicU64, deadline: Instant) -> Vec<Value> {
+    c.set_timeout(Duration::from_millis(50));
+    let mut got = Vec::new();
+    let mut last = 0;
+    loop {
+        let t = target.load(Ordering::SeqCst);
+        if t != 0 && last >= t {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "timed out at seq {last} of {t}");
+        if let Some(Message::Text(text)) = c.try_recv() {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            if v["type"] == "update" {
+                last = v["seq"].as_u64().unwrap();
+            }
+            got.push(v);
+        }
+    }
+}
+
+/// The seqs of the updates in `msgs`; panics on anything but updates.
+fn update_seqs(msgs: &[Value]) -> Vec<u64> {
+    msgs.iter()
+        .map(|v| {
+            assert_eq!(v["type"], "update", "only updates expected: {v}");
+            v["seq"].as_u64().unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn notification_class_never_conflates_cuts_a_slow_consumer_who_then_resumes() {
     let dir = std::env::temp_dir().join(format!("tickwire-classes-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("classes.toml");
+    // The notification defaults: never conflated, 256 updates of history.
     std::fs::write(
         &cfg,
         "[[classes]]\nname = \"notify\"\npattern = \"user.*\"\nconflate = false\n",
@@ -312,9 +347,13 @@ fn notification_class_never_conflates_cuts_a_slow_consumer_who_then_resumes() {
         cfg.to_str().unwrap(),
         "--outbound-budget",
         "64KiB",
+        // A small kernel buffer: the budget, not the kernel, decides the cut.
+        "--socket-send-buffer",
+        "16KiB",
         "--workers",
         "1",
     ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut fast = Client::connect(srv.listen);
     let ack = subscribe(&mut fast, "user.1", None);
     let (_, epoch) = position(&ack, "user.1");
@@ -323,38 +362,107 @@ fn notification_class_never_conflates_cuts_a_slow_consumer_who_then_resumes() {
     slow.send_frame(0x81, br#"{"op":"subscribe","channels":["user.1"]}"#, true);
     let (_, ack) = slow.read_frame().unwrap();
     assert!(ack.starts_with(br#"{"type":"subscribed""#));
-    const N: u64 = 400;
-    // The reader reads as they come and gets every notification, in order.
-    let reader = std::thread::spawn(move || seqs_until(&mut fast, "user.1", N));
-    let mut feed = Feed::connect(srv.ingest);
-    let pad = "n".repeat(1000);
-    for i in 1..=N {
-        feed.send(&format!(r#"{{"ch":"user.1","i":{i},"pad":"{pad}"}}"#));
-        if i % 20 == 0 {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-    assert_eq!(reader.join().unwrap(), (1..=N).collect::<Vec<_>>());
-    // The slow one: what it got is gap-free, then close 1008.
-    let mut last = 0;
-    let close = loop {
-        let (op, payload) = slow.read_frame().expect("a frame before the close");
-        match op {
-            0x1 => {
-                let v: Value = serde_json::from_slice(&payload).unwrap();
-                let s = v["seq"].as_u64().unwrap();
-                assert_eq!(s, last + 1, "a notification was skipped: {v}");
-                last = s;
+
+    // The feed runs on through the cut and the reconnect (the resume races
+    // a live feed), then publishes a tail and stops; its last seq is the
+    // readers' target.
+    let last_seq = AtomicU64::new(0);
+    let cut_seen = AtomicBool::new(false);
+    let resumed = AtomicBool::new(false);
+    let (last, at_resume, n, fast_msgs, resumed_msgs) = std::thread::scope(|s| {
+        let reader = s.spawn(|| read_until(&mut fast, &last_seq, deadline));
+        let feeder = s.spawn(|| {
+            let mut feed = Feed::connect(srv.ingest);
+            let pad = "n".repeat(1000);
+            let (mut at_cut, mut at_resume) = (None, None);
+            for i in 1.. {
+                feed.send(&format!(r#"{{"ch":"user.1","i":{i},"pad":"{pad}"}}"#));
+                if i % 10 == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                    // The feed itself watches for the cut, so however the
+                    // machine schedules the test, it is at most a few
+                    // updates past it when it knows.
+                    if at_cut.is_none() && srv.metric("tickwire_slow_consumer_closes_total") >= 1.0
+                    {
+                        at_cut = Some(i);
+                        cut_seen.store(true, Ordering::SeqCst);
+                    }
+                }
+                if at_resume.is_none() && resumed.load(Ordering::SeqCst) {
+                    at_resume = Some(i);
+                }
+                match (at_cut, at_resume) {
+                    // Live until 50 updates after the resume.
+                    (_, Some(r)) if i >= r + 50 => {
+                        last_seq.store(i, Ordering::SeqCst);
+                        return i;
+                    }
+                    // Live during the reconnect, but a starved machine must
+                    // not stretch it into a long absence: 50 updates after
+                    // the cut the feed waits for the resume (so the queue
+                    // the cut dropped, at most the 64 KiB budget, and these
+                    // stay within the 256 updates of history).
+                    (Some(c), None) if i >= c + 50 => {
+                        while !resumed.load(Ordering::SeqCst) {
+                            assert!(Instant::now() < deadline, "no resume");
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    }
+                    (None, _) => assert!(Instant::now() < deadline, "never cut"),
+                    _ => {}
+                }
             }
-            0x8 => break payload,
-            _ => {}
+            unreachable!()
+        });
+
+        // The cut: 1008 `slow consumer`, after a gap-free prefix.
+        while !cut_seen.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "never cut");
+            std::thread::sleep(Duration::from_millis(1));
         }
-    };
-    let code = u16::from_be_bytes([close[0], close[1]]);
-    let reason = String::from_utf8_lossy(&close[2..]).to_string();
-    assert_eq!(code, 1008, "{reason}");
-    assert!(reason.starts_with("slow consumer"), "{reason}");
-    assert!(last < N, "it was cut before the end ({last})");
+        let mut last = 0;
+        let close = loop {
+            let (op, payload) = slow.read_frame().expect("a frame before the close");
+            match op {
+                0x1 => {
+                    let v: Value = serde_json::from_slice(&payload).unwrap();
+                    let s = v["seq"].as_u64().unwrap();
+                    assert_eq!(s, last + 1, "a notification was skipped: {v}");
+                    last = s;
+                }
+                0x8 => break payload,
+                _ => {}
+            }
+        };
+        let code = u16::from_be_bytes([close[0], close[1]]);
+        let reason = String::from_utf8_lossy(&close[2..]).to_string();
+        assert_eq!(code, 1008, "{reason}");
+        assert!(reason.starts_with("slow consumer"), "{reason}");
+        // Right away, from exactly the last seq it has.
+        let mut again = Client::connect(srv.listen);
+        let ack = subscribe(&mut again, "user.1", Some((last, &epoch)));
+        resumed.store(true, Ordering::SeqCst);
+        let (at_resume, _) = position(&ack, "user.1");
+        let resumed_msgs = read_until(&mut again, &last_seq, deadline);
+        let n = feeder.join().unwrap();
+        (last, at_resume, n, reader.join().unwrap(), resumed_msgs)
+    });
+    eprintln!("cut after seq {last}; resumed at {at_resume}; feed ended at {n}");
+    assert!(
+        at_resume > last,
+        "it missed updates ({last} vs {at_resume})"
+    );
+
+    // Every notification reached the reader that kept up, in order...
+    assert_eq!(update_seqs(&fast_msgs), (1..=n).collect::<Vec<_>>());
+    // ...and the resumed one got every seq after its last exactly once, in
+    // order, through to the end: no resync, no gap, no repeat at the seam.
+    assert_eq!(
+        update_seqs(&resumed_msgs),
+        (last + 1..=n).collect::<Vec<_>>()
+    );
+    assert!(n > at_resume, "the feed went on after the resume");
+    assert_eq!(srv.metric("tickwire_resyncs_total"), 0.0);
     assert_eq!(
         srv.metric("tickwire_conflated_total"),
         0.0,
@@ -364,14 +472,19 @@ fn notification_class_never_conflates_cuts_a_slow_consumer_who_then_resumes() {
         srv.metric_label("tickwire_class_channels", "class=\"notify\""),
         1.0
     );
-    // It resumes from history (notifications keep 256) with nothing lost.
-    let mut again = Client::connect(srv.listen);
-    let from = last.max(N - 256);
-    subscribe(&mut again, "user.1", Some((from, &epoch)));
-    assert_eq!(
-        seqs_until(&mut again, "user.1", N),
-        (from + 1..=N).collect::<Vec<_>>()
-    );
+    // Counted by class: the cut, and the replay (once the worker has
+    // published the counters of the turn that wrote it).
+    let notify = |name: &str| srv.metric_label(name, "class=\"notify\"");
+    let replayed = "tickwire_class_replayed_total";
+    let t0 = Instant::now();
+    while notify(replayed) < (at_resume - last) as f64 && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(notify(replayed), (at_resume - last) as f64);
+    assert_eq!(notify("tickwire_class_slow_consumer_closes_total"), 1.0);
+    for name in [replayed, "tickwire_class_slow_consumer_closes_total"] {
+        assert_eq!(srv.metric_label(name, "class=\"default\""), 0.0, "{name}");
+    }
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -514,6 +627,7 @@ fn channels_api_lists_the_table_page_by_page() {
                 assert_eq!(ch["seq"], 2);
                 assert_eq!(ch["history"], 2);
                 assert_eq!(ch["subscriptions"], 1);
+                assert_eq!(ch["subscribers"], 1);
             } else {
                 assert_eq!(ch["class"], "default");
             }

@@ -88,6 +88,9 @@ pub enum Start {
 #[derive(Debug, Default)]
 pub struct History {
     entries: VecDeque<Update>,
+    /// What the entries cost (kept, not summed: the memory cap reads it
+    /// on every eviction).
+    bytes: usize,
 }
 
 fn cost(u: &Update) -> usize {
@@ -100,6 +103,7 @@ impl History {
     pub fn push(&mut self, u: Update, size: usize, ttl_ns: u64) -> isize {
         let mut delta = cost(&u) as isize;
         let now = u.ingest_ns;
+        self.bytes += cost(&u);
         self.entries.push_back(u);
         while self.entries.len() > size {
             delta -= self.pop_oldest() as isize;
@@ -125,7 +129,9 @@ impl History {
 
     /// Drops the oldest entry; returns its bytes (0 when empty).
     pub fn pop_oldest(&mut self) -> usize {
-        self.entries.pop_front().map_or(0, |u| cost(&u))
+        let freed = self.entries.pop_front().map_or(0, |u| cost(&u));
+        self.bytes -= freed;
+        freed
     }
 
     /// Entries kept.
@@ -140,6 +146,12 @@ impl History {
 
     /// Bytes kept.
     pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The entries' cost summed afresh (invariant checks).
+    #[cfg(debug_assertions)]
+    pub(crate) fn recount(&self) -> usize {
         self.entries.iter().map(cost).sum()
     }
 

@@ -109,6 +109,8 @@ pub struct Ingest {
     idempotency: idempotency::Idempotency,
     /// Messages published through the HTTP API.
     published_total: u64,
+    /// HTTP publishes that repeated an idempotency key (nothing published).
+    repeats_total: u64,
     /// Feeds speak TLS (`--ingest-tls`).
     tls: Option<crate::tls::SharedConfig>,
     messages: u64,
@@ -194,6 +196,7 @@ impl Ingest {
             auth_timeout: p.auth_timeout,
             idempotency: idempotency::Idempotency::new(p.idempotency_window_ns),
             published_total: 0,
+            repeats_total: 0,
             tls: p.tls,
             messages: 0,
             bytes: 0,
@@ -747,6 +750,7 @@ impl Ingest {
                             seq,
                             epoch,
                             conflate: self.sequencer.conflates(id),
+                            class: self.sequencer.class_of(id),
                         })
                     })
                     .collect();
@@ -793,6 +797,7 @@ impl Ingest {
             if let Some(key) = &item.key
                 && let Some(seq) = self.idempotency.get(&item.ch, key, now)
             {
+                self.repeats_total += 1;
                 results.push((&item.ch, seq));
                 continue;
             }
@@ -800,6 +805,7 @@ impl Ingest {
                 Ok(update) => {
                     let seq = update.seq;
                     self.messages += 1;
+                    self.published_total += 1;
                     self.bytes += item.data.len() as u64;
                     self.fan_out(update);
                     if let Some(key) = &item.key {
@@ -814,7 +820,6 @@ impl Ingest {
                 }
             }
         }
-        self.published_total += items.len() as u64;
         respond_keep_alive(
             "200 OK",
             "application/json",
@@ -856,6 +861,7 @@ impl Ingest {
         i.history_bytes
             .store(self.sequencer.history_bytes() as u64, r);
         i.published.store(self.published_total, r);
+        i.publish_repeats.store(self.repeats_total, r);
         for (k, n) in self.sequencer.class_channels().iter().enumerate() {
             if let Some(a) = i.class_channels.get(k) {
                 a.store(*n, r);

@@ -4,7 +4,7 @@
 //! feeds it today; an HTTP publish API, client publish and a bus consumer
 //! call the same [`Sequencer::accept`].
 
-use std::collections::HashMap;
+use std::collections::{BinaryHeap, HashMap};
 
 use crate::channel::{self, ChannelId};
 use crate::ingest::history::{self, ClassRule, History, HistoryLimits, Position, Start};
@@ -25,6 +25,9 @@ struct ChannelState {
     incarnation: u64,
     /// Index in the sequencer's classes.
     class: u16,
+    /// The size its newest entry in the sequencer's `largest` heap claims
+    /// (0: none); never below its history's bytes.
+    claimed: usize,
 }
 
 /// Channel table and sequencing.
@@ -49,8 +52,11 @@ pub struct Sequencer {
     created: u64,
     /// History bytes over all channels.
     history_bytes: usize,
-    /// Where the memory cap's sweep looks next.
-    evict_cursor: usize,
+    /// The memory cap's order: (claimed history bytes, slot), largest
+    /// first. Lazy: a channel that grows pushes its new size, older entries
+    /// of it are skipped when they come up, one that shrank is put back at
+    /// its real size; rebuilt when stale entries outnumber the channels.
+    largest: BinaryHeap<(usize, u32)>,
 }
 
 impl std::fmt::Debug for Sequencer {
@@ -99,7 +105,7 @@ impl Sequencer {
             engine_epoch: history::new_engine_epoch(),
             created: 0,
             history_bytes: 0,
-            evict_cursor: 0,
+            largest: BinaryHeap::new(),
         }
     }
 
@@ -111,6 +117,11 @@ impl Sequencer {
     /// Channels per class, in class order (the default class last).
     pub fn class_channels(&self) -> &[u64] {
         &self.class_channels
+    }
+
+    /// The channel's class, as an index in class order (the default last).
+    pub fn class_of(&self, id: ChannelId) -> u16 {
+        self.channels[id.index()].class
     }
 
     /// Whether the channel's updates conflate for slow consumers.
@@ -200,7 +211,8 @@ impl Sequencer {
     }
 
     /// An `/api/channels` body: up to `limit` channels from slot `cursor`,
-    /// `{"channels":[{"name","class","subscriptions","seq","epoch","history"}],"next":N|null}`.
+    /// `{"channels":[{"name","class","subscriptions","subscribers","seq","epoch","history"}],"next":N|null}`
+    /// (`subscribers` is `subscriptions` under the issue's name; both stay).
     pub fn channels_json(&self, cursor: usize, limit: usize, class_names: &[String]) -> Vec<u8> {
         let mut list = Vec::with_capacity(limit);
         let mut next = None;
@@ -216,6 +228,7 @@ impl Sequencer {
                 "name": &*c.name,
                 "class": class_names.get(c.class as usize).map_or("default", String::as_str),
                 "subscriptions": c.refs,
+                "subscribers": c.refs,
                 "seq": c.seq,
                 "epoch": history::epoch_string(self.engine_epoch, c.incarnation),
                 "history": c.history.len(),
@@ -226,30 +239,56 @@ impl Sequencer {
             .into_bytes()
     }
 
-    /// Keeps the history within its byte cap: the channel that grows pays
-    /// first, then a sweep takes the oldest entry of the channels in turn.
-    fn enforce_history_cap(&mut self, grew: ChannelId) {
+    /// Notes that `id`'s history may have grown: the cap's order must
+    /// know its new size. O(log channels), and only when it passes what the
+    /// channel last claimed (a full history that turns over claims rarely).
+    fn note_growth(&mut self, id: ChannelId) {
+        let state = &mut self.channels[id.index()];
+        let bytes = state.history.bytes();
+        if bytes <= state.claimed {
+            return;
+        }
+        state.claimed = bytes;
+        self.largest.push((bytes, id.0));
+        if self.largest.len() > 2 * self.channels.len() + 64 {
+            // Amortised O(1): at least `channels` pushes since the last
+            // rebuild.
+            let mut fresh = Vec::with_capacity(self.channels.len());
+            for (slot, c) in self.channels.iter_mut().enumerate() {
+                c.claimed = c.history.bytes();
+                if c.claimed > 0 {
+                    fresh.push((c.claimed, slot as u32));
+                }
+            }
+            self.largest = BinaryHeap::from(fresh);
+        }
+    }
+
+    /// Keeps the history within its byte cap: the oldest entries of the
+    /// largest histories (by bytes) go first, so a firehose of big market
+    /// histories cannot wipe the few entries of a notification channel.
+    /// O(log channels) per entry evicted, amortised.
+    fn enforce_history_cap(&mut self) {
         let max = self.limits.memory_max;
         while self.history_bytes > max {
-            let own = &mut self.channels[grew.index()].history;
-            let freed = if own.len() > 1 {
-                own.pop_oldest()
-            } else {
-                let n = self.channels.len();
-                let mut freed = 0;
-                for _ in 0..n {
-                    self.evict_cursor = (self.evict_cursor + 1) % n;
-                    freed = self.channels[self.evict_cursor].history.pop_oldest();
-                    if freed > 0 {
-                        break;
-                    }
-                }
-                freed
-            };
-            if freed == 0 {
+            let Some((claim, slot)) = self.largest.pop() else {
                 break;
+            };
+            let state = &mut self.channels[slot as usize];
+            if claim != state.claimed {
+                // Superseded by a newer entry of the same channel.
+                continue;
             }
-            self.history_bytes -= freed;
+            let bytes = state.history.bytes();
+            if bytes == claim {
+                let freed = state.history.pop_oldest();
+                self.history_bytes -= freed;
+            }
+            // Back at its real size (it shrank since, or just lost one).
+            state.claimed = state.history.bytes();
+            if state.claimed > 0 {
+                self.largest.push((state.claimed, slot));
+            }
         }
     }
 
@@ -313,7 +352,8 @@ impl Sequencer {
         let class = &self.classes[state.class as usize];
         let delta = state.history.push(update.clone(), class.size, class.ttl_ns);
         self.history_bytes = (self.history_bytes as isize + delta) as usize;
-        self.enforce_history_cap(id);
+        self.note_growth(id);
+        self.enforce_history_cap();
         self.check_channel(id);
         Ok(update)
     }
@@ -356,6 +396,7 @@ impl Sequencer {
             refs: 0,
             history: History::default(),
             incarnation: self.created,
+            claimed: 0,
         };
         let id = match self.free.pop() {
             Some(id) => {
@@ -451,9 +492,13 @@ impl Sequencer {
         debug_assert_eq!(unpublished, self.unpublished);
         let entries: usize = self.channels.iter().map(|c| c.history.len()).sum();
         if entries <= 4096 {
-            let kept: usize = self.channels.iter().map(|c| c.history.bytes()).sum();
+            let kept: usize = self.channels.iter().map(|c| c.history.recount()).sum();
             debug_assert_eq!(kept, self.history_bytes, "history bytes drifted");
         }
+        debug_assert!(
+            self.channels.iter().all(|c| c.history.bytes() <= c.claimed),
+            "a history larger than the cap's order knows"
+        );
         debug_assert!(
             self.channels
                 .iter()
@@ -679,6 +724,54 @@ mod tests {
             }
         }
         assert!(accepted > 0);
+    }
+
+    fn history_len(s: &Sequencer, name: &str) -> usize {
+        s.channels[s.by_name[name.as_bytes()].index()].history.len()
+    }
+
+    #[test]
+    fn the_memory_cap_takes_the_oldest_entries_of_the_largest_histories_first() {
+        let cap = 64 * 1024;
+        let limits = HistoryLimits {
+            size: 10_000,
+            ttl_ns: 0,
+            memory_max: cap,
+        };
+        let notify = ClassRule {
+            pattern: "user.*".into(),
+            size: 256,
+            ttl_ns: 0,
+            conflate: false,
+        };
+        let mut s = Sequencer::with_classes(10, limits, vec![notify]);
+        let big = format!(r#"{{"pad":"{}"}}"#, "m".repeat(1000));
+        // A market firehose far past the cap, a notification now and then:
+        // every notification arrives while the cap is full.
+        for i in 0..4000 {
+            let ch = if i % 2 == 0 { "MKT.A" } else { "MKT.B" };
+            s.accept(ch, big.as_bytes(), 0).unwrap();
+            if i % 100 == 99 {
+                s.accept("user.1", br#"{"n":1}"#, 0).unwrap();
+            }
+        }
+        assert_eq!(history_len(&s, "user.1"), 40, "the small history keeps all");
+        assert!(s.history_bytes() <= cap, "{}", s.history_bytes());
+        let entry = big.len() + 64 + 64;
+        assert!(s.history_bytes() + 2 * entry > cap, "the cap is used");
+        let (a, b) = (history_len(&s, "MKT.A"), history_len(&s, "MKT.B"));
+        assert!(
+            a.abs_diff(b) <= 1,
+            "the large ones are levelled: {a} vs {b}"
+        );
+        // The oldest go first: what a market channel keeps is its newest.
+        let id = s.by_name[&b"MKT.A"[..]];
+        let (kept, _) = s.channels[id.index()].history.page(0, usize::MAX, 0, 0);
+        let seqs: Vec<u64> = kept.iter().map(|u| u.seq).collect();
+        let top = s.channels[id.index()].seq;
+        assert_eq!(seqs, (top - a as u64 + 1..=top).collect::<Vec<_>>());
+        // The order's heap stays bounded by the channels, not the updates.
+        assert!(s.largest.len() <= 2 * s.channels.len() + 64);
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub struct PublishHead {
     /// The client asked to close after this request (`Connection: close`,
     /// or HTTP/1.0 without keep-alive).
     pub close: bool,
+    /// The addresses a proxy recorded (see [`UpgradeMeta::forwarded`]).
+    pub forwarded: Vec<std::net::IpAddr>,
 }
 
 /// `GET /api/history?ch=AAPL&since=41&epoch=...&limit=100`.
@@ -116,6 +118,8 @@ pub struct ChannelsQuery {
     pub bearer: Option<String>,
     /// A HEAD request.
     pub head_only: bool,
+    /// The addresses a proxy recorded (see [`UpgradeMeta::forwarded`]).
+    pub forwarded: Vec<std::net::IpAddr>,
 }
 
 /// Most updates one history page holds.
@@ -245,6 +249,7 @@ pub fn parse(buf: &[u8]) -> Option<Request> {
                 limit,
                 bearer: bearer_token(req.headers),
                 head_only: method == "HEAD",
+                forwarded: forwarded_addrs(req.headers),
             }));
         }
         "/api/history" => {
@@ -456,6 +461,7 @@ fn publish_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Request {
         body_len,
         bearer,
         close,
+        forwarded: forwarded_addrs(headers),
     })
 }
 

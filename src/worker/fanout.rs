@@ -166,15 +166,15 @@ impl Worker {
         for slot in std::mem::take(&mut self.dead) {
             self.close(slot);
         }
-        for slot in std::mem::take(&mut self.slow) {
-            self.cut_slow_consumer(slot);
+        for (slot, class) in std::mem::take(&mut self.slow) {
+            self.cut_slow_consumer(slot, class);
         }
     }
 
     /// A consumer of a class that never conflates fell a budget behind:
     /// closed 1008 so it reconnects and resumes from history, instead of
     /// silently skipping a notification.
-    fn cut_slow_consumer(&mut self, slot: u32) {
+    fn cut_slow_consumer(&mut self, slot: u32, class: u16) {
         let budget = self.config.outbound_budget;
         let Worker {
             conns,
@@ -192,6 +192,7 @@ impl Worker {
             return;
         }
         stats.counters.slow_consumer_closes += 1;
+        stats.counters.add_class_slow_close(class);
         let reason = format!(
             "slow consumer: more than {} KiB of updates waited on a channel that never conflates; resume with since",
             budget / 1024
@@ -230,6 +231,7 @@ impl Worker {
             dead,
             now_ms,
             slow,
+            class_of,
             ..
         } = self;
         for &slot in index.subscribers(f.channel) {
@@ -249,7 +251,8 @@ impl Worker {
                 // (after the drain) and resumes from history.
                 if conn.out.queued_bytes() + f.bytes.len() > budget {
                     if !conn.phase.is_ending() {
-                        slow.push(slot);
+                        let class = class_of.get(f.channel.index()).copied().unwrap_or(0);
+                        slow.push((slot, class));
                     }
                 } else {
                     conn.out.push_replay(Rc::clone(&f));

@@ -78,14 +78,23 @@ pub fn check_upgrade(
 }
 
 /// The producer and operator endpoints (publish, the channel list): the
-/// API key when one is configured, else loopback peers only.
-pub fn operator_allowed(conn: &Conn, bearer: Option<&str>, config: &Config) -> bool {
+/// API key when one is configured, else loopback clients only. The client
+/// is resolved as for upgrades: behind a proxy listed in `trusted_proxies`
+/// (often on the same host, so its own address is loopback) it is the
+/// address the proxy forwarded, so a proxy never opens these endpoints to
+/// everyone it serves.
+pub fn operator_allowed(
+    conn: &Conn,
+    bearer: Option<&str>,
+    forwarded: &[std::net::IpAddr],
+    config: &Config,
+) -> bool {
     match &config.api_key {
         Some(key) => bearer.is_some_and(|b| crate::auth::constant_time_eq(b.as_bytes(), key)),
         None => conn
             .transport
             .peer_ip()
-            .is_some_and(|ip| client_ip(ip, &[], &[]).is_loopback()),
+            .is_some_and(|ip| client_ip(ip, forwarded, &config.trusted_proxies).is_loopback()),
     }
 }
 

@@ -238,7 +238,8 @@ impl Worker {
                 None => return 0,
                 Some(Request::Publish(h)) => {
                     let (status, why, close) =
-                        if guard::operator_allowed(conn, h.bearer.as_deref(), config) {
+                        if guard::operator_allowed(conn, h.bearer.as_deref(), &h.forwarded, config)
+                        {
                             ("", "", false)
                         } else if config.api_key.is_some() {
                             ("401 Unauthorized", "bad or missing API key", true)
@@ -306,7 +307,8 @@ impl Worker {
                 }
                 Some(Request::Channels(q)) => {
                     stats.counters.http_requests += 1;
-                    let allowed = guard::operator_allowed(conn, q.bearer.as_deref(), config);
+                    let allowed =
+                        guard::operator_allowed(conn, q.bearer.as_deref(), &q.forwarded, config);
                     if !allowed {
                         stats.counters.http_rejects += 1;
                         let resp = if config.api_key.is_some() {

@@ -135,8 +135,9 @@ pub struct Worker {
     read_retry: Vec<u32>,
     /// Connections found dead while fanning out, closed after it.
     dead: Vec<u32>,
-    /// Consumers of never-conflating channels a budget behind, cut after it.
-    slow: Vec<u32>,
+    /// Consumers of never-conflating channels a budget behind, cut after it
+    /// (with the class of the channel that overflowed).
+    slow: Vec<(u32, u16)>,
     /// One socket read's worth, shared by all connections.
     scratch: Box<[u8]>,
     bell: Arc<Doorbell>,
@@ -147,6 +148,9 @@ pub struct Worker {
     /// By channel index: its class never conflates (notifications): a
     /// consumer a budget behind is closed instead, and resumes.
     keep_all: Vec<bool>,
+    /// By channel index: its class (per-class counters; read only when a
+    /// subscription starts or a consumer is cut, never per delivery).
+    class_of: Vec<u16>,
     next_generation: u32,
     now_ms: u64,
     epoch: Instant,
@@ -200,6 +204,7 @@ impl Worker {
             open_connections: p.open_connections,
             ips: p.ips,
             keep_all: Vec::new(),
+            class_of: Vec::new(),
             next_generation: 0,
             now_ms: 0,
             epoch: clock::epoch(),

@@ -160,6 +160,7 @@ impl Worker {
             dirty,
             keep_all,
             metrics,
+            class_of,
             ..
         } = self;
         let conn = &mut conns[slot as usize];
@@ -203,6 +204,10 @@ impl Worker {
                 keep_all.resize(k + 1, false);
             }
             keep_all[k] = !r.conflate;
+            if class_of.len() <= k {
+                class_of.resize(k + 1, 0);
+            }
+            class_of[k] = r.class;
             acked.push(name.clone());
             positions.push((name.clone(), r.seq, r.epoch.clone()));
             starts.push((name, r));
@@ -237,6 +242,9 @@ impl Worker {
                 Start::Snapshot(s) => s,
                 Start::Replay(missed) => {
                     stats.counters.replayed += missed.len() as u64;
+                    stats
+                        .counters
+                        .add_class_replayed(r.class, missed.len() as u64);
                     for u in missed {
                         conn.out.push_replay(Entry::from_update(u));
                     }
