@@ -513,6 +513,7 @@ export class TickwireClient {
     };
     let pingTimer = null;
     let watchTimer = null;
+    let errorTimer = null;
     let lastSeen = this._now();
     const { pingIntervalMs, watchdogMs } = this._o;
     const ping = () => {
@@ -532,6 +533,7 @@ export class TickwireClient {
     conn.stop = () => {
       if (pingTimer !== null) this._clearTimeout(pingTimer);
       if (watchTimer !== null) this._clearTimeout(watchTimer);
+      if (errorTimer !== null) this._clearTimeout(errorTimer);
       ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
       try {
         ws.close(1000);
@@ -560,6 +562,12 @@ export class TickwireClient {
     };
     // The close event follows an error; only the close carries the code.
     ws.onclose = (ev) => cb.down({ code: ev && ev.code, reason: ev && ev.reason });
+    // Browsers fire close in the same task as error. Node 22's WebSocket
+    // fires only error when the handshake fails (refused, reset, non-101)
+    // and stays CONNECTING: without this the client would wait forever.
+    ws.onerror = () => {
+      if (errorTimer === null) errorTimer = this._setTimeout(() => cb.down({ reason: 'websocket error' }), 0);
+    };
   }
 
   // ---- Server-Sent Events ----
