@@ -988,6 +988,10 @@ fn index_page_is_the_dashboard_and_says_how_to_feed_the_engine() {
     let (status, page) = srv.http_get("/");
     assert_eq!(status, 200, "{page}");
     assert!(is_dashboard(&page), "{page}");
+    // The HTML always carries the help block: this checks only that it is
+    // there and names this engine's ingest port. That the page shows it
+    // while there are no channels, and hides it once one exists, is checked
+    // in Chromium (tests/js/dashboard-interactions.test.js).
     assert!(
         page.contains("id=\"help\"") && page.to_ascii_lowercase().contains("ingest"),
         "without channels, / does not say how to feed the engine: {page}"

@@ -253,7 +253,7 @@ export class TickwireClient {
       }
     }
     const cb = {
-      open: () => this._up(conn),
+      open: (idle) => this._up(conn, idle),
       message: (msg) => this._conn === conn && this._onMessage(msg, conn),
       down: (info) => this._down(conn, info || {}),
     };
@@ -268,9 +268,13 @@ export class TickwireClient {
     }
   }
 
-  _up(conn) {
+  // `idle`: SSE or polling without a channel, which has not reached the
+  // server; it must not count as a transport that works (that would stop
+  // the fallback from ever leaving it).
+  _up(conn, idle = false) {
     if (this._conn !== conn || conn.opened) return;
     conn.opened = true;
+    if (idle) return this._setState('open');
     this._everOpened.add(conn.kind);
     this._failedOpens = 0;
     this._stableTimer = this._setTimeout(() => {
@@ -463,8 +467,15 @@ export class TickwireClient {
     if (conn && conn.kind !== 'websocket') this._queueFlush();
   }
 
-  async _refreshToken(conn) {
+  _refreshToken(conn) {
     if (!this._o.getToken) return; // a static token cannot be renewed
+    const done = this._fetchRefreshedToken(conn);
+    // polling: the next request waits for the new token and carries it, so
+    // that no poll is held with the old one across its exp
+    if (conn.kind === 'polling') conn.tokenWait = done;
+  }
+
+  async _fetchRefreshedToken(conn) {
     let token;
     try {
       token = await this._o.getToken();
@@ -479,7 +490,6 @@ export class TickwireClient {
       this._tokenFresh = true; // the token lives in the URL: reopen with this one
       this._reopen();
     }
-    // polling: the next request carries the new token
   }
 
   _tokenParam() {
@@ -503,6 +513,7 @@ export class TickwireClient {
     };
     let pingTimer = null;
     let watchTimer = null;
+    let errorTimer = null;
     let lastSeen = this._now();
     const { pingIntervalMs, watchdogMs } = this._o;
     const ping = () => {
@@ -522,6 +533,7 @@ export class TickwireClient {
     conn.stop = () => {
       if (pingTimer !== null) this._clearTimeout(pingTimer);
       if (watchTimer !== null) this._clearTimeout(watchTimer);
+      if (errorTimer !== null) this._clearTimeout(errorTimer);
       ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
       try {
         ws.close(1000);
@@ -550,6 +562,12 @@ export class TickwireClient {
     };
     // The close event follows an error; only the close carries the code.
     ws.onclose = (ev) => cb.down({ code: ev && ev.code, reason: ev && ev.reason });
+    // Browsers fire close in the same task as error. Node 22's WebSocket
+    // fires only error when the handshake fails (refused, reset, non-101)
+    // and stays CONNECTING: without this the client would wait forever.
+    ws.onerror = () => {
+      if (errorTimer === null) errorTimer = this._setTimeout(() => cb.down({ reason: 'websocket error' }), 0);
+    };
   }
 
   // ---- Server-Sent Events ----
@@ -558,7 +576,7 @@ export class TickwireClient {
     if (!this._EventSource) throw new Error('no EventSource implementation');
     const { channels, since } = this._streamParams();
     conn.channelList = channels.join(',');
-    if (!channels.length) return cb.open(); // nothing to stream until a subscribe
+    if (!channels.length) return cb.open(true); // nothing to stream until a subscribe
     const url = `${this._urls.http}/sse${query({ channels: conn.channelList, token: this._tokenParam(), since })}`;
     const es = new this._EventSource(url);
     const names = ['subscribed', 'update', 'resync', 'unsubscribed', 'token_expiring', 'authenticated'];
@@ -609,7 +627,7 @@ export class TickwireClient {
     if (!this._fetch) throw new Error('no fetch implementation');
     const { channels } = this._streamParams();
     conn.channelList = channels.join(',');
-    if (!channels.length) return cb.open();
+    if (!channels.length) return cb.open(true);
     let next = this._streamParams().since;
     let controller = null;
     let abortTimer = null;
@@ -618,6 +636,12 @@ export class TickwireClient {
       controller?.abort();
     };
     const poll = async () => {
+      if (conn.tokenWait) {
+        const wait = conn.tokenWait;
+        conn.tokenWait = null;
+        await wait; // never rejects: a getToken failure is reported and the old token kept
+        if (conn.closed) return;
+      }
       const url = `${this._urls.http}/poll${query({ channels: conn.channelList, since: next, token: this._tokenParam() })}`;
       controller = typeof AbortController === 'function' ? new AbortController() : null;
       abortTimer = this._setTimeout(() => controller?.abort(), this._o.pollAbortMs);

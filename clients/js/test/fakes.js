@@ -67,6 +67,10 @@ export function fakeWebSocketClass() {
       this.onerror?.({});
       this.onclose?.({ code: 1006, reason: '' });
     }
+    // Node 22's WebSocket when the handshake fails: error, and no close
+    failWithoutClose() {
+      this.onerror?.({});
+    }
     serverClose(code, reason = '') {
       this.readyState = 3;
       this.onclose?.({ code, reason });

@@ -264,3 +264,109 @@ test('close() stops polling and SSE', async () => {
   assert.equal(s.EventSource.instances[0].closed, true);
   assert.equal(s.clock.pending(), 0);
 });
+
+test('a custom order [polling, sse]: polling first, SSE after two failed polls, never WebSocket, then round again', async () => {
+  const h = await setup({ transports: ['polling', 'sse'] });
+  const got = [];
+  h.tw.subscribe('AAPL', (u) => got.push(u.seq));
+  await flush();
+  assert.equal(h.tw.transport, 'polling');
+  assert.equal(h.fetch.calls.length, 1);
+  h.fetch.calls[0].reject(new TypeError('connection refused'));
+  await flush();
+  await retry(h);
+  assert.equal(h.tw.transport, 'polling', 'one failed open is not enough to move on');
+  assert.equal(h.fetch.calls.length, 2);
+  h.fetch.respond(1, null, 403);
+  await flush();
+  await retry(h);
+  assert.equal(h.tw.transport, 'sse');
+  assert.equal(h.EventSource.instances.length, 1);
+  assert.equal(h.fetch.calls.length, 2, 'no more polls once on SSE');
+  h.EventSource.instances[0].fail();
+  await retry(h);
+  h.EventSource.instances[1].fail();
+  await retry(h);
+  // past the last transport of the list: back to its first
+  assert.equal(h.tw.transport, 'polling');
+  assert.equal(h.fetch.calls.length, 3);
+  h.fetch.respond(2, { messages: [upd('AAPL', 5)], next: `AAPL~5~${E1}` });
+  await flush();
+  assert.equal(h.tw.state, 'open');
+  assert.deepEqual(got, [5]);
+  assert.equal(h.WebSocket.instances.length, 0, 'WebSocket is not in the list: never tried');
+  assert.deepEqual(h.of('state').map((s) => `${s.state}:${s.transport}`), [
+    'connecting:polling', 'open:polling', // the empty start (no channel yet)
+    'connecting:polling', 'reconnecting:polling', 'connecting:polling', 'reconnecting:polling',
+    'connecting:sse', 'reconnecting:sse', 'connecting:sse', 'reconnecting:sse',
+    'connecting:polling', 'open:polling',
+  ]);
+});
+
+test('polling: token_expiring in a poll answer; the next poll waits for getToken and carries the new token', async () => {
+  let n = 0;
+  let release;
+  const h = await setup({
+    transports: ['polling'],
+    getToken: () => {
+      n += 1;
+      // the third token (the refresh) comes only when the test says so
+      return n === 3 ? new Promise((r) => { release = () => r(`t${n}`); }) : Promise.resolve(`t${n}`);
+    },
+  });
+  const got = [];
+  h.tw.subscribe('AAPL', (u) => got.push(u.seq));
+  await flush();
+  const tokenOf = (i) => new URL(h.fetch.calls[i].url).searchParams.get('token');
+  // t1 for the empty start, t2 for the AAPL poll
+  assert.equal(tokenOf(0), 't2');
+  h.fetch.respond(0, { messages: [upd('AAPL', 41), { type: 'token_expiring', exp: 1000 }], next: `AAPL~41~${E1}` });
+  await flush();
+  assert.equal(n, 3, 'getToken called on token_expiring');
+  assert.equal(h.fetch.calls.length, 1, 'no poll with the old token while the new one is coming');
+  release();
+  await flush();
+  assert.equal(h.fetch.calls.length, 2);
+  assert.equal(tokenOf(1), 't3');
+  assert.equal(sinceParam(h.fetch.calls[1].url), `AAPL~41~${E1}`);
+  h.fetch.respond(1, { messages: [upd('AAPL', 42)], next: `AAPL~42~${E1}` });
+  await flush();
+  assert.equal(tokenOf(2), 't3', 'later polls keep the new token');
+  assert.deepEqual(got, [41, 42]);
+  assert.deepEqual(h.of('state').map((s) => s.state), ['connecting', 'open', 'connecting', 'open'], 'no reconnect for a refresh');
+});
+
+test('polling: a getToken failure on token_expiring keeps polling with the old token and reports it', async () => {
+  let n = 0;
+  const h = await setup({ transports: ['polling'], getToken: async () => { n += 1; if (n === 3) throw new Error('idp down'); return `t${n}`; } });
+  h.tw.subscribe('AAPL', () => {});
+  await flush();
+  h.fetch.respond(0, { messages: [{ type: 'token_expiring', exp: 1000 }], next: `AAPL~41~${E1}` });
+  await flush();
+  assert.equal(h.fetch.calls.length, 2);
+  assert.equal(new URL(h.fetch.calls[1].url).searchParams.get('token'), 't2');
+  assert.deepEqual(h.of('error').at(-1), { code: 'token', message: 'getToken failed: idp down' });
+});
+
+test('polling: a poll refused with 401 (token expired) reconnects with a fresh token from the same position', async () => {
+  let n = 0;
+  const h = await setup({ transports: ['polling'], getToken: async () => `t${++n}` });
+  const got = [];
+  h.tw.subscribe('AAPL', (u) => got.push(u.seq));
+  await flush();
+  h.fetch.respond(0, { messages: [upd('AAPL', 41)], next: `AAPL~41~${E1}` });
+  await flush();
+  h.fetch.respond(1, null, 401);
+  await flush();
+  const s = h.of('state').at(-1);
+  assert.equal(s.state, 'reconnecting');
+  assert.equal(s.code, 401);
+  await retry(h);
+  const u = new URL(h.fetch.calls[2].url);
+  assert.equal(u.searchParams.get('token'), 't3');
+  assert.equal(u.searchParams.get('since'), `AAPL~41~${E1}`);
+  assert.equal(h.tw.transport, 'polling', 'a transport that worked is kept');
+  h.fetch.respond(2, { messages: [upd('AAPL', 41), upd('AAPL', 42)], next: `AAPL~42~${E1}` });
+  await flush();
+  assert.deepEqual(got, [41, 42], 'the seam duplicate dropped');
+});

@@ -247,3 +247,22 @@ test('browser online and a long hidden tab reconnect at once', async () => {
   tw.close();
   assert.deepEqual(Object.keys(listeners), []);
 });
+
+test('an error without a close (Node 22 when the handshake fails) still reconnects; with a close, its code is kept', async () => {
+  const { clock, WebSocket, of } = await subscribed();
+  WebSocket.instances[0].fail(); // a drop of an open connection: error, then close 1006
+  assert.equal(of('state').at(-1).code, 1006, 'the close code, not the error, decided');
+  await clock.advance(of('state').at(-1).retryInMs);
+  assert.equal(clock.pending(), 0, 'no leftover timer from the error');
+  const ws = WebSocket.instances[1];
+  ws.failWithoutClose();
+  await clock.advance(0);
+  const s = of('state').at(-1);
+  assert.equal(s.state, 'reconnecting');
+  assert.equal(s.reason, 'websocket error');
+  assert.equal(ws.closedWith, 1000, 'the socket is closed by the client');
+  await clock.advance(s.retryInMs);
+  assert.equal(WebSocket.instances.length, 3, 'and a new attempt is made');
+  WebSocket.instances[2].open();
+  assert.deepEqual(WebSocket.instances[2].sent[0].since, { AAPL: { seq: 41, epoch: E1 }, MSFT: { seq: 7, epoch: E2 } });
+});
