@@ -107,8 +107,11 @@ impl IngestLink {
             return false;
         }
         // An accept waiting for descriptors is retried by the housekeeping
-        // tick (wake_ingest), not by spinning.
-        o.due = o.ingest.has_work();
+        // tick (wake_ingest), not by spinning. A full batch of events may
+        // have left more ready in its Poll, which (edge-triggered in ours)
+        // would not announce them again.
+        let full = o.events.iter().count() >= o.events.capacity();
+        o.due = full || o.ingest.has_work();
         true
     }
 
