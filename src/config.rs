@@ -107,6 +107,8 @@ pub struct Config {
     pub conflate_on_block: bool,
     /// Space write passes while the workers' cores are contended.
     pub pace_when_contended: bool,
+    /// With one worker, that worker drives the ingest loop (no ingest thread).
+    pub ingest_on_worker: bool,
     /// SO_SNDBUF per client socket; 0 leaves the kernel's autotuning.
     pub socket_send_buffer: usize,
     /// TCP_NOTSENT_LOWAT per client socket; 0 leaves the kernel's default.
@@ -190,6 +192,7 @@ impl Default for Config {
             outbound_budget: DEFAULT_OUTBOUND_BUDGET,
             conflate_on_block: true,
             pace_when_contended: true,
+            ingest_on_worker: true,
             socket_send_buffer: DEFAULT_SOCKET_SEND_BUFFER,
             socket_notsent_lowat: DEFAULT_SOCKET_NOTSENT_LOWAT,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
@@ -293,6 +296,9 @@ pub struct Cli {
     /// While other threads wait for the workers' cores, space each worker's write passes so that together they take about one core's worth (bigger batches, fewer syscalls); false writes as soon as updates arrive [default: true]
     #[arg(long, value_name = "BOOL")]
     pub pace_when_contended: Option<bool>,
+    /// With one worker, run the ingest loop on that worker's thread: a tick is read, sequenced and written by one thread with no hand-off; false gives ingest its own thread [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub ingest_on_worker: Option<bool>,
     /// Run the built-in synthetic feed (about 50 symbols) and serve a quote page at /
     #[arg(long)]
     pub demo: bool,
@@ -431,6 +437,7 @@ struct FileConfig {
     pin_workers: Option<PinningValue>,
     conflate_on_block: Option<bool>,
     pace_when_contended: Option<bool>,
+    ingest_on_worker: Option<bool>,
     demo: Option<bool>,
     demo_rate: Option<u32>,
     ping_interval: Option<DurationValue>,
@@ -701,6 +708,7 @@ impl Config {
         set!(pin_workers, pinning_of);
         set!(conflate_on_block);
         set!(pace_when_contended);
+        set!(ingest_on_worker);
         set!(demo_rate);
         set!(max_channels_per_connection);
         set!(max_channels);

@@ -192,9 +192,14 @@ impl Engine {
                 ips: Arc::clone(&ips),
                 index_html: index_html.clone(),
                 lifecycle: Arc::clone(&lifecycle),
+                ingest: None,
             });
         }
+        // One worker: it drives the ingest loop itself, so a tick is read,
+        // sequenced and written by one thread with no hand-off (perf/DEFAULTS.md).
+        let ingest_on_worker = n == 1 && config.ingest_on_worker;
         let ingest = Ingest::new(IngestParts {
+            on_worker: ingest_on_worker,
             poll: ingest_poll,
             listener: ingest_listener,
             to_workers,
@@ -239,11 +244,15 @@ impl Engine {
             Vec::new()
         };
         let mut threads = Vec::with_capacity(n + 3);
-        threads.push(
-            std::thread::Builder::new()
-                .name("tickwire-ingest".into())
-                .spawn(move || ingest.run())?,
-        );
+        if ingest_on_worker {
+            workers[0].ingest = Some(Box::new(ingest));
+        } else {
+            threads.push(
+                std::thread::Builder::new()
+                    .name("tickwire-ingest".into())
+                    .spawn(move || ingest.run())?,
+            );
+        }
         threads.push(
             std::thread::Builder::new()
                 .name("tickwire-admin".into())

@@ -118,6 +118,16 @@ pub struct Ingest {
     rejects: [u64; 6],
     ring_full_waits: u64,
     loop_turns: u64,
+    /// Feeds whose reads were cut short (fairness cap): read again next turn.
+    retry: Vec<usize>,
+    last_sweep: Instant,
+    /// Runs on the (only) worker's thread: a full ring cannot be waited
+    /// out, since that thread is the one that drains it.
+    on_worker: bool,
+    /// On a worker's thread: what a full ring did not take yet, in order.
+    /// While it holds anything no feed is read and no request served, so it
+    /// holds at most one read's worth of lines.
+    parked: std::collections::VecDeque<(usize, ToWorker)>,
 }
 
 /// Everything the ingest thread is built from.
@@ -158,6 +168,9 @@ pub struct IngestParts {
     pub classes: Vec<history::ClassRule>,
     /// How long publish idempotency keys are remembered.
     pub idempotency_window_ns: u64,
+    /// Driven by the only worker's loop ([`Ingest::turn`]) instead of a
+    /// thread of its own.
+    pub on_worker: bool,
 }
 
 /// The token the ingest Poll's waker must use.
@@ -203,67 +216,108 @@ impl Ingest {
             rejects: [0; 6],
             ring_full_waits: 0,
             loop_turns: 0,
+            retry: Vec::new(),
+            last_sweep: Instant::now(),
+            on_worker: p.on_worker,
+            parked: std::collections::VecDeque::new(),
         })
     }
 
-    /// Runs until shutdown.
+    /// The loop's epoll descriptor: a worker that drives this loop
+    /// ([`Ingest::turn`]) registers it in its own Poll, which reports it
+    /// readable when a feed or a request is ready here.
+    pub fn poll_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.poll.as_raw_fd()
+    }
+
+    /// Runs until shutdown, on a thread of its own.
     pub fn run(mut self) {
         let mut events = Events::with_capacity(256);
-        let mut retry: Vec<usize> = Vec::new();
-        let mut last_sweep = Instant::now();
         while !self.shutdown.load(Ordering::Relaxed) {
-            self.loop_turns += 1;
-            let busy = self.serve_control() || !retry.is_empty();
-            let timeout = if busy {
-                Some(Duration::ZERO)
-            } else {
-                self.bell.prepare_sleep();
-                if self.from_workers.iter().any(|c| !c.is_empty()) {
-                    Some(Duration::ZERO)
-                } else if self.accept_retry {
-                    Some(ACCEPT_RETRY)
-                } else {
-                    Some(IDLE_POLL)
-                }
-            };
-            if let Err(e) = self.poll.poll(&mut events, timeout)
-                && e.kind() != io::ErrorKind::Interrupted
-            {
-                tracing_error(&format!("ingest poll failed: {e}"));
+            if !self.turn(&mut events, true) {
                 break;
             }
+        }
+        self.publish();
+    }
+
+    /// One pass of the loop: requests, accepts, feed reads. On its own
+    /// thread (`may_block`) it sleeps while nothing is due; on a worker's
+    /// thread it never blocks, and the worker calls it again while
+    /// [`Ingest::has_work`] says so. False: the poll failed, stop.
+    pub fn turn(&mut self, events: &mut Events, may_block: bool) -> bool {
+        self.loop_turns += 1;
+        if !self.unpark() {
+            // The worker drains its ring first; no new input until then.
+            return true;
+        }
+        let busy = self.serve_control() || !self.retry.is_empty();
+        let timeout = if busy || !may_block {
+            Duration::ZERO
+        } else {
+            self.bell.prepare_sleep();
+            if self.from_workers.iter().any(|c| !c.is_empty()) {
+                Duration::ZERO
+            } else if self.accept_retry {
+                ACCEPT_RETRY
+            } else {
+                IDLE_POLL
+            }
+        };
+        if let Err(e) = self.poll.poll(events, Some(timeout))
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            tracing_error(&format!("ingest poll failed: {e}"));
+            return false;
+        }
+        if may_block {
             self.bell.awake();
-            if self.accept_retry {
-                self.accept();
-            }
-            if self.token.is_some() && last_sweep.elapsed() >= IDLE_POLL {
-                last_sweep = Instant::now();
-                self.sweep_feeds();
-            }
-            let mut again = std::mem::take(&mut retry);
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept(),
-                    WAKER => {}
-                    Token(key) => {
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            again.push(key);
-                        }
-                        if event.is_writable() {
-                            self.flush_feed(key);
-                        }
+        }
+        if self.accept_retry {
+            self.accept();
+        }
+        if self.token.is_some() && self.last_sweep.elapsed() >= IDLE_POLL {
+            self.last_sweep = Instant::now();
+            self.sweep_feeds();
+        }
+        let mut again = std::mem::take(&mut self.retry);
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept(),
+                WAKER => {}
+                Token(key) => {
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        again.push(key);
+                    }
+                    if event.is_writable() {
+                        self.flush_feed(key);
                     }
                 }
             }
-            again.sort_unstable();
-            again.dedup();
-            for key in again {
-                if self.read_feed(key) {
-                    retry.push(key);
-                }
-            }
-            self.publish();
         }
+        again.sort_unstable();
+        again.dedup();
+        for key in again {
+            if self.read_feed(key) {
+                self.retry.push(key);
+            }
+        }
+        self.publish();
+        true
+    }
+
+    /// Whether work is left that no readiness event will announce: reads
+    /// cut short, requests waiting, updates parked for a full ring, or an
+    /// accept to retry.
+    pub fn has_work(&self) -> bool {
+        !self.retry.is_empty()
+            || !self.parked.is_empty()
+            || self.from_workers.iter().any(|c| !c.is_empty())
+    }
+
+    /// Stops: the last counts reach `/metrics`.
+    pub fn finish(&mut self) {
         self.publish();
     }
 
@@ -342,6 +396,10 @@ impl Ingest {
     /// Reads and processes a feed; true if it has more to read (fairness cap).
     fn read_feed(&mut self, key: usize) -> bool {
         for _ in 0..READS_PER_TURN {
+            if !self.parked.is_empty() {
+                // A full ring on the worker's thread: read on once drained.
+                return true;
+            }
             let Some(feed) = self.feeds.get_mut(key) else {
                 return false;
             };
@@ -567,26 +625,23 @@ impl Ingest {
 
     /// Pushes to a worker's ring, waiting while it is full. Waiting is the
     /// backpressure: the feed's TCP window closes and nothing is dropped.
+    /// On the worker's own thread the message is parked instead (in order)
+    /// and the loop takes no new input until the worker has drained.
     fn push(&mut self, worker: usize, mut msg: ToWorker) {
-        let len = match &msg {
-            ToWorker::Update(u) => u.frame.len() as u64,
-            ToWorker::Subscribed(_) | ToWorker::Page(..) | ToWorker::Published { .. } => 0,
-        };
+        if !self.parked.is_empty() {
+            self.parked.push_back((worker, msg));
+            return;
+        }
         loop {
-            let unread = self.pushed_bytes[worker] - self.ring_bytes[worker].consumed();
-            let pushed = if ring_has_room(unread, len) {
-                self.to_workers[worker].push(msg)
-            } else {
-                Err(PushError::Full(msg))
-            };
-            match pushed {
-                Ok(()) => {
-                    self.pushed_bytes[worker] += len;
-                    return;
-                }
-                Err(PushError::Full(back)) => {
+            match self.try_push(worker, msg) {
+                Ok(()) => return,
+                Err(back) => {
                     msg = back;
                     self.ring_full_waits += 1;
+                    if self.on_worker {
+                        self.parked.push_back((worker, msg));
+                        return;
+                    }
                     self.worker_bells[worker].ring();
                     if self.shutdown.load(Ordering::Relaxed) {
                         return;
@@ -595,6 +650,35 @@ impl Ingest {
                 }
             }
         }
+    }
+
+    fn try_push(&mut self, worker: usize, msg: ToWorker) -> Result<(), ToWorker> {
+        let len = match &msg {
+            ToWorker::Update(u) => u.frame.len() as u64,
+            ToWorker::Subscribed(_) | ToWorker::Page(..) | ToWorker::Published { .. } => 0,
+        };
+        let unread = self.pushed_bytes[worker] - self.ring_bytes[worker].consumed();
+        if !ring_has_room(unread, len) {
+            return Err(msg);
+        }
+        match self.to_workers[worker].push(msg) {
+            Ok(()) => {
+                self.pushed_bytes[worker] += len;
+                Ok(())
+            }
+            Err(PushError::Full(back)) => Err(back),
+        }
+    }
+
+    /// Moves parked messages to their rings; true when none is left.
+    fn unpark(&mut self) -> bool {
+        while let Some((worker, msg)) = self.parked.pop_front() {
+            if let Err(back) = self.try_push(worker, msg) {
+                self.parked.push_front((worker, back));
+                return false;
+            }
+        }
+        true
     }
 
     fn ring_workers(&self) {

@@ -1,13 +1,17 @@
 //! The worker's link to the ingest thread: its ring of updates and replies
 //! (in), its ring of requests (out) with a backlog for when that ring is
-//! full, and the byte count that bounds the inbound ring.
+//! full, and the byte count that bounds the inbound ring. With one worker
+//! the link also holds the ingest loop itself and runs it inside the
+//! worker's turn: the rings stay, the thread hand-off goes.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use mio::unix::SourceFd;
 use rtrb::{Consumer, Producer};
 
 use crate::channel::ChannelId;
+use crate::ingest::Ingest;
 use crate::ring::{ConnKey, Doorbell, RingBytes, ToIngest, ToWorker};
 
 /// Both directions between one worker and the ingest thread.
@@ -21,6 +25,17 @@ pub struct IngestLink {
     ring_bytes: Arc<RingBytes>,
     /// Frame bytes taken off the ring since start.
     consumed: u64,
+    /// The ingest loop, when this worker drives it.
+    on_worker: Option<OnWorker>,
+}
+
+/// The ingest loop driven from the worker's turn.
+struct OnWorker {
+    ingest: Box<Ingest>,
+    events: mio::Events,
+    /// A pass is due: its Poll reported ready, requests were sent, work
+    /// was left, or a timer is due.
+    due: bool,
 }
 
 impl IngestLink {
@@ -40,6 +55,70 @@ impl IngestLink {
             ingest_bell,
             ring_bytes,
             consumed: 0,
+            on_worker: None,
+        }
+    }
+
+    /// Takes over the ingest loop: its Poll is registered in the worker's
+    /// under `token`, and [`IngestLink::run_ingest`] runs its passes.
+    ///
+    /// # Errors
+    /// Registering its Poll failed.
+    pub fn drive(
+        &mut self,
+        ingest: Box<Ingest>,
+        registry: &mio::Registry,
+        token: mio::Token,
+    ) -> std::io::Result<()> {
+        let fd = ingest.poll_fd();
+        registry.register(&mut SourceFd(&fd), token, mio::Interest::READABLE)?;
+        self.on_worker = Some(OnWorker {
+            ingest,
+            events: mio::Events::with_capacity(256),
+            due: true,
+        });
+        Ok(())
+    }
+
+    /// Whether this worker drives the ingest loop and a pass is due.
+    #[inline]
+    pub fn ingest_due(&self) -> bool {
+        self.on_worker.as_ref().is_some_and(|o| o.due)
+    }
+
+    /// The ingest loop's Poll reported ready, or a timer is due.
+    pub fn wake_ingest(&mut self) {
+        if let Some(o) = self.on_worker.as_mut() {
+            o.due = true;
+        }
+    }
+
+    /// Runs one ingest pass if one is due (never blocks). False: its poll
+    /// failed, and the loop is gone.
+    pub fn run_ingest(&mut self) -> bool {
+        let Some(o) = self.on_worker.as_mut() else {
+            return true;
+        };
+        if !o.due {
+            return true;
+        }
+        if !o.ingest.turn(&mut o.events, false) {
+            self.on_worker = None;
+            return false;
+        }
+        // An accept waiting for descriptors is retried by the housekeeping
+        // tick (wake_ingest), not by spinning. A full batch of events may
+        // have left more ready in its Poll, which (edge-triggered in ours)
+        // would not announce them again.
+        let full = o.events.iter().count() >= o.events.capacity();
+        o.due = full || o.ingest.has_work();
+        true
+    }
+
+    /// Shutdown: the ingest loop (when driven here) stops with the worker.
+    pub fn stop_ingest(&mut self) {
+        if let Some(mut o) = self.on_worker.take() {
+            o.ingest.finish();
         }
     }
 
@@ -140,7 +219,10 @@ impl IngestLink {
             }
         }
         if sent {
-            self.ingest_bell.ring();
+            match self.on_worker.as_mut() {
+                Some(o) => o.due = true,
+                None => self.ingest_bell.ring(),
+            }
         }
     }
 }

@@ -60,6 +60,8 @@ use output::{DirtyList, LocalStats};
 const LISTENER: Token = Token(usize::MAX - 1);
 /// The token a worker's waker must use.
 pub const WAKER_TOKEN: Token = Token(usize::MAX - 2);
+/// The ingest loop's Poll, when this worker drives it.
+const INGEST_POLL: Token = Token(usize::MAX - 3);
 /// Timer resolution for heartbeats, timeouts and accept retries.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 /// How often the worker's latency histogram is merged into the shared one.
@@ -101,6 +103,8 @@ pub struct WorkerParts {
     pub index_html: Bytes,
     /// Readiness and the drain window.
     pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// The ingest loop, when this (only) worker drives it.
+    pub ingest: Option<Box<crate::ingest::Ingest>>,
 }
 
 /// Whether the worker is serving or draining for shutdown.
@@ -166,17 +170,21 @@ impl Worker {
     /// Registering the listener failed.
     pub fn new(p: WorkerParts) -> io::Result<Self> {
         let acceptor = Acceptor::new(p.listener, &p.poll, LISTENER)?;
+        let mut link = IngestLink::new(
+            p.id,
+            p.from_ingest,
+            p.to_ingest,
+            p.ingest_bell,
+            p.ring_bytes,
+        );
+        if let Some(ingest) = p.ingest {
+            link.drive(ingest, p.poll.registry(), INGEST_POLL)?;
+        }
         Ok(Worker {
             id: p.id,
             poll: p.poll,
             acceptor,
-            link: IngestLink::new(
-                p.id,
-                p.from_ingest,
-                p.to_ingest,
-                p.ingest_bell,
-                p.ring_bytes,
-            ),
+            link,
             admin: p.admin,
             conns: Slab::with_capacity(1024),
             index: SubscriberIndex::default(),
@@ -257,6 +265,7 @@ impl Worker {
             let busy = !self.read_retry.is_empty()
                 || self.acceptor.state == AcceptState::Again
                 || self.link.has_backlog()
+                || self.link.ingest_due()
                 || self.admin.has_replies();
             let timeout = if busy {
                 Duration::ZERO
@@ -285,6 +294,7 @@ impl Worker {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER_TOKEN => {}
+                    INGEST_POLL => self.link.wake_ingest(),
                     Token(slot) => {
                         let slot = slot as u32;
                         if event.is_writable()
@@ -312,6 +322,9 @@ impl Worker {
                 }
             }
             self.serve_admin_replies();
+            if self.state == RunState::Serving && !self.link.run_ingest() {
+                eprintln!("tickwire: worker {} stopped its ingest loop", self.id);
+            }
             if hold == 0 || pacer.wait_ns(self.now_ns()) == 0 {
                 self.drain_ring();
                 if self.flush_dirty() > 0 {
@@ -325,6 +338,8 @@ impl Worker {
             self.link.send_backlog();
             if self.now_ms >= next_housekeeping {
                 next_housekeeping = self.now_ms + HOUSEKEEPING.as_millis() as u64;
+                // The ingest loop's timers (accept retry, feed sweeps).
+                self.link.wake_ingest();
                 self.housekeeping();
                 if self.now_ms >= next_merge {
                     next_merge = self.now_ms + LATENCY_MERGE_MS;
@@ -338,6 +353,7 @@ impl Worker {
                     RunState::Serving => {
                         // Updates already in the ring (a paced turn may not
                         // have drained it) go out before the 1001.
+                        self.link.stop_ingest();
                         self.drain_ring();
                         self.begin_shutdown();
                         let deadline_ms = self.now_ms + DRAIN_MS;
