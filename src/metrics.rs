@@ -713,7 +713,7 @@ impl Metrics {
         let name = names::DELIVERY_LATENCY_SECONDS;
         let _ = writeln!(
             o,
-            "# HELP {name} Ingest read to socket write, per delivered update (merged each second).\n# TYPE {name} summary"
+            "# HELP {name} Ingest read to socket write, per delivered update, sampled from one socket write in 16 (merged each second).\n# TYPE {name} summary"
         );
         for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
             let v = if h.is_empty() {
