@@ -56,6 +56,7 @@ fn main() -> Result<()> {
         md.push_str(&microbench_section(&text));
     }
     for (file, title) in [
+        ("DEFAULTS.md", "The default configuration against the baseline"),
         ("TLS.md", "TLS against plain"),
         ("PUBLISH.md", "HTTP publish API"),
         ("HTTP_STREAMS.md", "SSE and long-polling against WebSocket"),
@@ -107,7 +108,8 @@ fn tables(text: &str) -> String {
     md
 }
 
-/// The tables of a page of figures kept by hand (TLS.md: TLS against
+/// The tables of a page of figures kept by hand (DEFAULTS.md: the default
+/// against other settings and the baseline; TLS.md: TLS against
 /// plain with the `tickwire-tls` engine; PUBLISH.md: the publish API with
 /// `pubbench`; HTTP_STREAMS.md: the `tickwire-sse` and `tickwire-poll`
 /// engines), so RESULTS.md holds those figures too.
