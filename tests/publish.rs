@@ -273,6 +273,14 @@ fn without_an_api_key_a_client_forwarded_by_a_trusted_proxy_is_not_loopback() {
         "Forwarded: for=203.0.113.7\r\n",
         // A forged entry left of the real one changes nothing.
         "X-Forwarded-For: 127.0.0.1, 203.0.113.7\r\n",
+        // The proxy writes X-Forwarded-For and passes the client's own
+        // Forwarded through: the forged loopback entry does not admit it.
+        "Forwarded: for=127.0.0.1\r\nX-Forwarded-For: 203.0.113.7\r\n",
+        // The other way round.
+        "X-Forwarded-For: 127.0.0.1\r\nForwarded: for=203.0.113.7\r\n",
+        // An entry that names no address is not loopback.
+        "Forwarded: for=unknown\r\n",
+        "X-Forwarded-For: _obfuscated\r\n",
     ] {
         let (code, text) = publish(remote);
         assert_eq!(code, 403, "{remote}: {text}");

@@ -125,8 +125,9 @@ pub struct Ingest {
     /// out, since that thread is the one that drains it.
     on_worker: bool,
     /// On a worker's thread: what a full ring did not take yet, in order.
-    /// While it holds anything no feed is read and no request served, so it
-    /// holds at most one read's worth of lines.
+    /// While it holds anything no feed is read and no new pass starts, so
+    /// it holds at most what one pass produced (one read per feed and the
+    /// requests then waiting).
     parked: std::collections::VecDeque<(usize, ToWorker)>,
 }
 
@@ -250,6 +251,7 @@ impl Ingest {
         self.loop_turns += 1;
         if !self.unpark() {
             // The worker drains its ring first; no new input until then.
+            self.publish();
             return true;
         }
         let busy = self.serve_control() || !self.retry.is_empty();

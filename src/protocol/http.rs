@@ -309,23 +309,36 @@ fn query_param(query: &str, name: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Client addresses from `Forwarded` (RFC 7239) or `X-Forwarded-For`, in
-/// header order (the client first, the nearest proxy's peer last).
-/// Unparsable entries (`unknown`, obfuscated names) end the list there.
+/// Client addresses from `Forwarded` (RFC 7239) and `X-Forwarded-For`, in
+/// header order (the client first, the nearest proxy's peer last), the
+/// `Forwarded` entries before the `X-Forwarded-For` ones. Both are read: a
+/// proxy writes one and may pass the other through from the client as it
+/// came, and the engine cannot know which, so a client-written header can
+/// add entries but never remove the proxy's. An entry that does not parse
+/// (`unknown`, an obfuscated name) stands as [`UNKNOWN_HOP`], which is
+/// neither loopback nor anyone's trusted proxy.
 fn forwarded_addrs(headers: &[httparse::Header<'_>]) -> Vec<std::net::IpAddr> {
     let mut out = Vec::new();
-    let parse = |s: &str| -> Option<std::net::IpAddr> {
+    let parse = |s: &str| -> std::net::IpAddr {
         let s = s.trim().trim_matches('"');
-        if let Some(rest) = s.strip_prefix('[') {
-            return rest.split(']').next()?.parse().ok();
-        }
-        if let Ok(ip) = s.parse() {
-            return Some(ip);
-        }
-        // v4 with a port.
-        s.rsplit_once(':')?.0.parse().ok()
+        let ip = if let Some(rest) = s.strip_prefix('[') {
+            rest.split(']').next().and_then(|v| v.parse().ok())
+        } else if let Ok(ip) = s.parse() {
+            Some(ip)
+        } else {
+            // v4 with a port.
+            s.rsplit_once(':').and_then(|(h, _)| h.parse().ok())
+        };
+        ip.unwrap_or(UNKNOWN_HOP)
     };
-    if let Some(v) = header(headers, "Forwarded").and_then(|v| std::str::from_utf8(v).ok()) {
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("Forwarded"))
+    {
+        let Ok(v) = std::str::from_utf8(h.value) else {
+            out.push(UNKNOWN_HOP);
+            continue;
+        };
         for element in v.split(',') {
             let Some(for_) = element.split(';').find_map(|p| {
                 let (k, v) = p.split_once('=')?;
@@ -333,29 +346,26 @@ fn forwarded_addrs(headers: &[httparse::Header<'_>]) -> Vec<std::net::IpAddr> {
             }) else {
                 continue;
             };
-            match parse(for_) {
-                Some(ip) => out.push(ip),
-                None => out.clear(),
-            }
+            out.push(parse(for_));
         }
-        return out;
     }
     for h in headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("X-Forwarded-For"))
     {
         let Ok(v) = std::str::from_utf8(h.value) else {
+            out.push(UNKNOWN_HOP);
             continue;
         };
         for part in v.split(',') {
-            match parse(part) {
-                Some(ip) => out.push(ip),
-                None => out.clear(),
-            }
+            out.push(parse(part));
         }
     }
     out
 }
+
+/// A forwarded entry that names no address: `::`, never loopback.
+pub const UNKNOWN_HOP: std::net::IpAddr = std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
 
 fn bearer_token(headers: &[httparse::Header<'_>]) -> Option<String> {
     header(headers, "Authorization")
@@ -828,13 +838,23 @@ mod tests {
             "/ws",
             "Forwarded: for=192.0.2.60;proto=http, for=\"[2001:db8::1]:4711\", for=1.1.1.1:80\r\nX-Forwarded-For: 9.9.9.9\r\n",
         );
+        // Both headers count (a proxy writes one and may pass the client's
+        // other one through): Forwarded's entries first.
         assert_eq!(
             m.forwarded,
-            vec![ip("192.0.2.60"), ip("2001:db8::1"), ip("1.1.1.1")]
+            vec![
+                ip("192.0.2.60"),
+                ip("2001:db8::1"),
+                ip("1.1.1.1"),
+                ip("9.9.9.9")
+            ]
         );
-        // An entry that is not an address cuts off what is left of it.
+        // An entry that is not an address stands as the unknown hop.
         let m = with("/ws", "X-Forwarded-For: 1.1.1.1, unknown, 2.2.2.2\r\n");
-        assert_eq!(m.forwarded, vec![ip("2.2.2.2")]);
+        assert_eq!(m.forwarded, vec![ip("1.1.1.1"), UNKNOWN_HOP, ip("2.2.2.2")]);
+        let m = with("/ws", "Forwarded: for=_hidden\r\n");
+        assert_eq!(m.forwarded, vec![UNKNOWN_HOP]);
+        assert!(!UNKNOWN_HOP.is_loopback());
     }
 
     #[test]

@@ -129,6 +129,9 @@ pub struct Conn {
     pub read_paused: bool,
     /// On the conformance echo endpoint: messages are echoed, not requests.
     pub echo: bool,
+    /// An HTTP request was answered here: waiting for the next one on a
+    /// keep-alive connection is not a handshake that timed out.
+    pub answered: bool,
     /// Limits, authentication and the HTTP stream, from the upgrade on.
     pub guard: Option<Box<Guard>>,
 }
@@ -151,6 +154,7 @@ impl Conn {
             read_pending: false,
             read_paused: false,
             echo: false,
+            answered: false,
             guard: None,
         }
     }

@@ -91,10 +91,14 @@ pub fn operator_allowed(
 ) -> bool {
     match &config.api_key {
         Some(key) => bearer.is_some_and(|b| crate::auth::constant_time_eq(b.as_bytes(), key)),
-        None => conn
-            .transport
-            .peer_ip()
-            .is_some_and(|ip| client_ip(ip, forwarded, &config.trusted_proxies).is_loopback()),
+        // Fail closed: every forwarded entry must be loopback too, so a
+        // header the client wrote itself can only refuse, never admit.
+        None => {
+            conn.transport
+                .peer_ip()
+                .is_some_and(|ip| client_ip(ip, forwarded, &config.trusted_proxies).is_loopback())
+                && forwarded.iter().all(|ip| ip.to_canonical().is_loopback())
+        }
     }
 }
 

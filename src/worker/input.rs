@@ -295,6 +295,7 @@ impl Worker {
                                 timers::enter_closing(conn, index, link, *now_ms);
                             } else {
                                 conn.phase = Phase::Handshake { since_ms: *now_ms };
+                                conn.answered = true;
                             }
                             dirty.mark(conn, slot);
                         }

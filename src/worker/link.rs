@@ -103,6 +103,7 @@ impl IngestLink {
             return true;
         }
         if !o.ingest.turn(&mut o.events, false) {
+            o.ingest.finish();
             self.on_worker = None;
             return false;
         }

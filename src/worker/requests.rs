@@ -305,6 +305,7 @@ impl Worker {
             crate::worker::timers::enter_closing(conn, index, link, *now_ms);
         } else {
             conn.phase = Phase::Handshake { since_ms: *now_ms };
+            conn.answered = true;
         }
         dirty.mark(conn, key.slot);
         if conn.read_paused || !close {

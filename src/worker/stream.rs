@@ -327,6 +327,7 @@ impl Worker {
             }
         } else {
             conn.phase = Phase::Handshake { since_ms: *now_ms };
+            conn.answered = true;
             conn.read_paused = false;
             conn.read_pending = true;
             read_retry.push(slot);

@@ -101,9 +101,13 @@ impl Worker {
             match conn.phase {
                 Phase::Handshake { since_ms } | Phase::Publishing { since_ms } => {
                     if now.saturating_sub(since_ms) >= handshake_ms {
-                        metrics
-                            .refusals
-                            .limit(crate::limits::Limit::HandshakeTimeout);
+                        // A keep-alive connection idle after its answers,
+                        // or one waiting on a publish, refused nothing.
+                        if matches!(conn.phase, Phase::Handshake { .. }) && !conn.answered {
+                            metrics
+                                .refusals
+                                .limit(crate::limits::Limit::HandshakeTimeout);
+                        }
                         to_close.push(slot);
                     }
                 }
