@@ -56,7 +56,7 @@ fn main() -> Result<()> {
         md.push_str(&microbench_section(&text));
     }
     for (file, title) in [
-        ("DEFAULTS.md", "The default configuration against the baseline"),
+        ("DEFAULTS.md", "Defaults against the baseline"),
         ("TLS.md", "TLS against plain"),
         ("PUBLISH.md", "HTTP publish API"),
         ("HTTP_STREAMS.md", "SSE and long-polling against WebSocket"),
