@@ -299,14 +299,7 @@ fn sse_sends_heartbeat_comments_and_a_close_event_on_drain() {
 
 #[test]
 fn a_stalled_sse_reader_of_a_class_that_never_conflates_is_cut_then_resumes_with_all() {
-    let dir = std::env::temp_dir().join(format!("tickwire-sse-notify-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("classes.toml");
-    std::fs::write(
-        &cfg,
-        "[[classes]]\nname = \"notify\"\npattern = \"user.*\"\nconflate = false\n",
-    )
-    .unwrap();
+    let (dir, cfg) = common::notify_class_config("sse-notify");
     let srv = Server::start(&[
         "--config",
         cfg.to_str().unwrap(),

@@ -333,15 +333,8 @@ fn update_seqs(msgs: &[Value]) -> Vec<u64> {
 
 #[test]
 fn notification_class_never_conflates_cuts_a_slow_consumer_who_then_resumes() {
-    let dir = std::env::temp_dir().join(format!("tickwire-classes-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("classes.toml");
     // The notification defaults: never conflated, 256 updates of history.
-    std::fs::write(
-        &cfg,
-        "[[classes]]\nname = \"notify\"\npattern = \"user.*\"\nconflate = false\n",
-    )
-    .unwrap();
+    let (dir, cfg) = common::notify_class_config("classes");
     let srv = Server::start(&[
         "--config",
         cfg.to_str().unwrap(),
@@ -584,14 +577,7 @@ fn history_api_serves_stored_updates_with_the_position_rules() {
 
 #[test]
 fn channels_api_lists_the_table_page_by_page() {
-    let dir = std::env::temp_dir().join(format!("tickwire-chanapi-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("c.toml");
-    std::fs::write(
-        &cfg,
-        "[[classes]]\nname = \"notify\"\npattern = \"user.*\"\nconflate = false\n",
-    )
-    .unwrap();
+    let (dir, cfg) = common::notify_class_config("chanapi");
     let srv = Server::start(&["--config", cfg.to_str().unwrap()]);
     let mut feed = Feed::connect(srv.ingest);
     for k in 0..5 {

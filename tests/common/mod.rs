@@ -286,6 +286,21 @@ impl Client {
 }
 
 /// A tick line for `ch`.
+/// A config file (in a new temp dir named after `tag`) with one channel
+/// class, `notify`: channels `user.*`, never conflated. Returns the dir
+/// (for the test to remove) and the file.
+pub fn notify_class_config(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("tickwire-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("classes.toml");
+    std::fs::write(
+        &cfg,
+        "[[classes]]\nname = \"notify\"\npattern = \"user.*\"\nconflate = false\n",
+    )
+    .unwrap();
+    (dir, cfg)
+}
+
 pub fn tick(ch: &str, i: u64) -> String {
     format!(
         r#"{{"ch":"{ch}","i":{i},"bid":{}.25,"ask":{}.5}}"#,
