@@ -330,10 +330,21 @@ export function mintJwt(secret, claims) {
 
 // ------------------------------------------------------------------ browser
 
-/** Chromium through playwright-core, the system browser (no download). */
+/**
+ * Chromium through playwright-core, the system browser (no download). A
+ * browser that dies while starting (seen once: SIGSEGV before its first
+ * page, nothing of ours loaded yet) is started once more; a second failure
+ * fails the test.
+ */
 export async function launchBrowser() {
   const { chromium } = await import('playwright-core');
-  return chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'], timeout: 30000 });
+  const launch = () => chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'], timeout: 30000 });
+  try {
+    return await launch();
+  } catch (e) {
+    console.error(`# chromium failed to start (${String(e.message).split('\n')[0]}); starting it once more`);
+    return launch();
+  }
 }
 
 /**
