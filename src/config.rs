@@ -287,7 +287,7 @@ pub struct Cli {
     /// Worker event loops; one core is left to the ingest thread and the rest of the machine [default: cores available minus one, at least 1]
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
-    /// Pin worker i to core i mod cores: auto (only when there are more cores than workers), true or false [default: auto]
+    /// Pin worker i to core i mod cores: auto (only when there are more cores than workers and ingest has its own thread), true or false [default: auto]
     #[arg(long, value_name = "auto|true|false", value_parser = parse_pinning)]
     pub pin_workers: Option<Pinning>,
     /// Conflate a client's updates as soon as its socket would block (true: freshest data for lagging clients) or only once outbound_budget is queued (false: in-order backlog up to the budget) [default: true]
@@ -583,9 +583,13 @@ fn pinning_of(key: &'static str, v: PinningValue) -> Result<Pinning, ConfigError
 /// thread has taken: measured on 2 cores shared with a load generator, two
 /// pinned workers had about 1.6× the p99 of two unpinned ones and fell
 /// behind at 6,400 ticks/s to 1,000 clients where unpinned ones kept up.
+/// The same holds for one worker that drives ingest itself: the whole
+/// engine is then one thread, and pinned it had about twice the p99 of
+/// unpinned at 8,000 ticks/s (perf/DEFAULTS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pinning {
-    /// Pin only when there are more cores than workers.
+    /// Pin only when there are more cores than workers and ingest has a
+    /// thread of its own.
     Auto,
     /// Always pin worker i to core i mod cores.
     On,
@@ -594,18 +598,22 @@ pub enum Pinning {
 }
 
 impl Pinning {
-    /// Whether `workers` workers on a machine with `cores` cores get pinned.
+    /// Whether `workers` workers on a machine with `cores` cores get pinned;
+    /// `ingest_thread`: the ingest loop runs on a thread of its own (not
+    /// inside the only worker, see `ingest_on_worker`).
     ///
     /// # Examples
     /// ```
     /// use tickwire::config::Pinning;
-    /// assert!(Pinning::Auto.pins(4, 8));
-    /// assert!(!Pinning::Auto.pins(2, 2));
-    /// assert!(Pinning::On.pins(2, 2));
+    /// assert!(Pinning::Auto.pins(4, 8, true));
+    /// assert!(!Pinning::Auto.pins(2, 2, true));
+    /// // One worker driving ingest is the whole engine: the scheduler places it.
+    /// assert!(!Pinning::Auto.pins(1, 2, false));
+    /// assert!(Pinning::On.pins(2, 2, true));
     /// ```
-    pub fn pins(self, workers: usize, cores: usize) -> bool {
+    pub fn pins(self, workers: usize, cores: usize, ingest_thread: bool) -> bool {
         match self {
-            Pinning::Auto => cores > workers,
+            Pinning::Auto => ingest_thread && cores > workers,
             Pinning::On => true,
             Pinning::Off => false,
         }
@@ -1121,9 +1129,15 @@ mod tests {
         );
         // Auto pins only when every worker can have a core of its own and
         // one is left for the ingest thread and the rest.
-        assert!(!Pinning::Auto.pins(2, 2));
-        assert!(Pinning::Auto.pins(2, 3));
-        assert!(!Pinning::Off.pins(1, 64));
+        assert!(!Pinning::Auto.pins(2, 2, true));
+        assert!(Pinning::Auto.pins(2, 3, true));
+        assert!(Pinning::Auto.pins(1, 2, true));
+        // A single worker that drives ingest is never pinned by auto, but
+        // is when asked.
+        assert!(!Pinning::Auto.pins(1, 2, false));
+        assert!(!Pinning::Auto.pins(1, 64, false));
+        assert!(Pinning::On.pins(1, 2, false));
+        assert!(!Pinning::Off.pins(1, 64, true));
     }
 
     #[test]

@@ -238,7 +238,7 @@ impl Engine {
         })?;
 
         let cores = core_affinity::get_core_ids().unwrap_or_default();
-        let cores = if config.pin_workers.pins(n, cores.len()) {
+        let cores = if config.pin_workers.pins(n, cores.len(), !ingest_on_worker) {
             cores
         } else {
             Vec::new()

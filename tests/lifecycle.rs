@@ -2,7 +2,8 @@
 //! out of file descriptors, closing without a reset that would discard the
 //! last frames, closing or shutting down thousands of subscribers at once,
 //! scraping /metrics while delivering, protocol and HTTP odds, a second
-//! instance on a port already in use, and ingest lines at the line limit.
+//! instance on a port already in use, ingest lines at the line limit, and
+//! which threads a worker layout starts and which of them are pinned.
 //!
 //! Every wait has a deadline; every engine started here is killed on drop.
 
@@ -1292,4 +1293,64 @@ fn ingest_lines_at_the_line_limit_and_the_read_buffer_boundary() {
         rejected.len(),
         srv.metric_label("tickwire_ingest_rejects_total", "reason=\"line_too_long\"")
     );
+}
+
+/// Each thread of `pid`: its name and the CPUs it may run on
+/// (`Cpus_allowed_list`, e.g. `0-1` or `0`).
+fn threads(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or_default();
+        out.push((comm.trim().to_string(), cpus.trim().to_string()));
+    }
+    out
+}
+
+/// The CPUs a thread of this name may run on (names are cut to 15 bytes).
+fn cpus_of(threads: &[(String, String)], name: &str) -> Option<String> {
+    threads
+        .iter()
+        .find(|(comm, _)| comm.as_str() == name)
+        .map(|(_, cpus)| cpus.clone())
+}
+
+/// Whether a `Cpus_allowed_list` names one CPU.
+fn one_cpu(list: &str) -> bool {
+    !list.is_empty() && !list.contains(',') && !list.contains('-')
+}
+
+#[test]
+fn one_worker_drives_ingest_unpinned_and_an_ingest_thread_means_pinning() {
+    let _turn = one_at_a_time();
+    let own = threads(std::process::id());
+    let allowed = own[0].1.clone();
+    let many_cpus = !one_cpu(&allowed);
+
+    // One worker driving ingest: no ingest thread, and `auto` leaves the
+    // worker where the scheduler puts it (the whole engine is that thread).
+    let srv = Server::start(&["--workers", "1"]);
+    let t = threads(srv.pid());
+    assert!(cpus_of(&t, "tickwire-ingest").is_none(), "{t:?}");
+    let worker = cpus_of(&t, "tickwire-worker").expect("worker thread");
+    assert_eq!(worker, allowed, "an unpinned worker may run on every CPU");
+    drop(srv);
+
+    // Ingest on its own thread: `auto` pins the worker when a core is left.
+    let srv = Server::start(&["--workers", "1", "--ingest-on-worker", "false"]);
+    let t = threads(srv.pid());
+    assert!(cpus_of(&t, "tickwire-ingest").is_some(), "{t:?}");
+    let worker = cpus_of(&t, "tickwire-worker").expect("worker thread");
+    assert_eq!(one_cpu(&worker), many_cpus, "worker may run on {worker}");
+    drop(srv);
+
+    // Asked for, pinning applies with ingest on the worker too.
+    let srv = Server::start(&["--workers", "1", "--pin-workers", "true"]);
+    let worker = cpus_of(&threads(srv.pid()), "tickwire-worker").expect("worker thread");
+    assert!(one_cpu(&worker), "worker may run on {worker}");
 }
