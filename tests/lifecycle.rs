@@ -1328,15 +1328,15 @@ fn one_cpu(list: &str) -> bool {
 #[test]
 fn one_worker_drives_ingest_unpinned_and_an_ingest_thread_means_pinning() {
     let _turn = one_at_a_time();
-    let own = threads(std::process::id());
-    let allowed = own[0].1.clone();
-    let many_cpus = !one_cpu(&allowed);
 
     // One worker driving ingest: no ingest thread, and `auto` leaves the
-    // worker where the scheduler puts it (the whole engine is that thread).
+    // worker where the scheduler puts it (the whole engine is that thread),
+    // free to run wherever the engine's main thread may.
     let srv = Server::start(&["--workers", "1"]);
     let t = threads(srv.pid());
     assert!(cpus_of(&t, "tickwire-ingest").is_none(), "{t:?}");
+    let allowed = cpus_of(&t, "tickwire").expect("main thread");
+    let many_cpus = !one_cpu(&allowed);
     let worker = cpus_of(&t, "tickwire-worker").expect("worker thread");
     assert_eq!(worker, allowed, "an unpinned worker may run on every CPU");
     drop(srv);
