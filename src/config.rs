@@ -107,6 +107,9 @@ pub struct Config {
     pub conflate_on_block: bool,
     /// Space write passes while the workers' cores are contended.
     pub pace_when_contended: bool,
+    /// After a turn that took a batch of updates off the ring, hold the next
+    /// write pass back by a fifth of the last one.
+    pub hold_batches: bool,
     /// With one worker, that worker drives the ingest loop (no ingest thread).
     pub ingest_on_worker: bool,
     /// SO_SNDBUF per client socket; 0 leaves the kernel's autotuning.
@@ -192,6 +195,7 @@ impl Default for Config {
             outbound_budget: DEFAULT_OUTBOUND_BUDGET,
             conflate_on_block: true,
             pace_when_contended: true,
+            hold_batches: true,
             ingest_on_worker: true,
             socket_send_buffer: DEFAULT_SOCKET_SEND_BUFFER,
             socket_notsent_lowat: DEFAULT_SOCKET_NOTSENT_LOWAT,
@@ -296,6 +300,9 @@ pub struct Cli {
     /// While other threads wait for the workers' cores, space each worker's write passes so that together they take about one core's worth (bigger batches, fewer syscalls); false writes as soon as updates arrive [default: true]
     #[arg(long, value_name = "BOOL")]
     pub pace_when_contended: Option<bool>,
+    /// Once updates arrive faster than one per write pass (a turn took 600 bytes or more of updates), hold the next pass back by a fifth of the last one so each write carries a bigger batch; false writes as soon as updates arrive [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub hold_batches: Option<bool>,
     /// With one worker, run the ingest loop on that worker's thread: a tick is read, sequenced and written by one thread with no hand-off; false gives ingest its own thread [default: true]
     #[arg(long, value_name = "BOOL")]
     pub ingest_on_worker: Option<bool>,
@@ -437,6 +444,7 @@ struct FileConfig {
     pin_workers: Option<PinningValue>,
     conflate_on_block: Option<bool>,
     pace_when_contended: Option<bool>,
+    hold_batches: Option<bool>,
     ingest_on_worker: Option<bool>,
     demo: Option<bool>,
     demo_rate: Option<u32>,
@@ -716,6 +724,7 @@ impl Config {
         set!(pin_workers, pinning_of);
         set!(conflate_on_block);
         set!(pace_when_contended);
+        set!(hold_batches);
         set!(ingest_on_worker);
         set!(demo_rate);
         set!(max_channels_per_connection);

@@ -70,6 +70,10 @@ pub mod names {
     pub const WORKER_PACED_PASSES_TOTAL: &str = "tickwire_worker_paced_passes_total";
     /// `tickwire_worker_paced_wait_seconds_total`.
     pub const WORKER_PACED_WAIT_SECONDS_TOTAL: &str = "tickwire_worker_paced_wait_seconds_total";
+    /// `tickwire_worker_batch_held_passes_total`.
+    pub const WORKER_BATCH_HELD_PASSES_TOTAL: &str = "tickwire_worker_batch_held_passes_total";
+    /// `tickwire_worker_batch_hold_seconds_total`.
+    pub const WORKER_BATCH_HOLD_SECONDS_TOTAL: &str = "tickwire_worker_batch_hold_seconds_total";
     /// `tickwire_worker_connections`.
     pub const WORKER_CONNECTIONS: &str = "tickwire_worker_connections";
     /// `tickwire_worker_contended_windows_total{worker}`.
@@ -144,6 +148,10 @@ pub struct WorkerStats {
     pub paced_passes: AtomicU64,
     /// Nanoseconds those passes waited in all.
     pub paced_wait_ns: AtomicU64,
+    /// Write passes held back after a pass that carried a batch.
+    pub batch_held_passes: AtomicU64,
+    /// Nanoseconds those passes were held back in all.
+    pub batch_hold_ns: AtomicU64,
     /// 20 ms windows in which the worker's thread waited for a core (whether
     /// or not pacing applies).
     pub contended_windows: AtomicU64,
@@ -197,6 +205,10 @@ pub struct WorkerCounters {
     /// See [`WorkerStats`].
     pub paced_wait_ns: u64,
     /// See [`WorkerStats`].
+    pub batch_held_passes: u64,
+    /// See [`WorkerStats`].
+    pub batch_hold_ns: u64,
+    /// See [`WorkerStats`].
     pub contended_windows: u64,
     /// See [`WorkerStats`] (grown on first use).
     pub class_slow_consumer_closes: Vec<u64>,
@@ -240,6 +252,8 @@ impl WorkerCounters {
         s.loop_turns.store(self.loop_turns, r);
         s.paced_passes.store(self.paced_passes, r);
         s.paced_wait_ns.store(self.paced_wait_ns, r);
+        s.batch_held_passes.store(self.batch_held_passes, r);
+        s.batch_hold_ns.store(self.batch_hold_ns, r);
         s.contended_windows.store(self.contended_windows, r);
         for (a, v) in s
             .class_slow_consumer_closes
@@ -694,6 +708,20 @@ impl Metrics {
             "Time those passes were held back.",
             "counter",
             &|w| format!("{:.6}", w.paced_wait_ns.load(r) as f64 / 1e9),
+        );
+        per_worker(
+            &mut o,
+            names::WORKER_BATCH_HELD_PASSES_TOTAL,
+            "Write passes a worker held back after a pass that carried a batch.",
+            "counter",
+            &|w| w.batch_held_passes.load(r).to_string(),
+        );
+        per_worker(
+            &mut o,
+            names::WORKER_BATCH_HOLD_SECONDS_TOTAL,
+            "Time those passes were held back.",
+            "counter",
+            &|w| format!("{:.6}", w.batch_hold_ns.load(r) as f64 / 1e9),
         );
         per_worker(
             &mut o,

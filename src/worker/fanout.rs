@@ -131,7 +131,8 @@ impl SubscriberIndex {
 impl Worker {
     /// Drains the ingest ring: updates go to the coalescer and out to their
     /// subscribers, subscribe replies activate subscriptions in ring order.
-    pub(crate) fn drain_ring(&mut self) {
+    /// Returns the bytes of updates taken off the ring.
+    pub(crate) fn drain_ring(&mut self) -> u64 {
         let mut taken = 0u64;
         for _ in 0..RING_BATCH {
             let Some(msg) = self.link.pop() else {
@@ -169,6 +170,7 @@ impl Worker {
         for (slot, class) in std::mem::take(&mut self.slow) {
             self.cut_slow_consumer(slot, class);
         }
+        taken
     }
 
     /// A consumer of a class that never conflates fell a budget behind:

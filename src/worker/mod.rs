@@ -43,7 +43,7 @@ use crate::admin::AdminLink;
 use crate::clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::pacing::{Pacer, SchedStat};
+use crate::pacing::{BatchHold, Pacer, SchedStat};
 use crate::protocol::frame;
 use crate::protocol::http::Pages;
 use crate::ring::{Doorbell, RingBytes, ToIngest, ToWorker};
@@ -235,8 +235,9 @@ impl Worker {
     /// The turn policy: poll (without blocking while anything is known to
     /// be waiting: reads cut short, a listener with more in its backlog,
     /// requests for the ingest thread); handle socket events; drain the
-    /// ring and write what is due, unless pacing holds this pass back; hand
-    /// requests to ingest; then timers, once per housekeeping tick (100 ms).
+    /// ring and write what is due, unless pacing or a batch hold holds this
+    /// pass back; hand requests to ingest; then timers, once per
+    /// housekeeping tick (100 ms).
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut next_housekeeping = 0u64;
@@ -247,6 +248,7 @@ impl Worker {
             self.config.workers,
             self.config.pace_when_contended && sched.is_some(),
         );
+        let mut batch = BatchHold::new(self.config.hold_batches);
         loop {
             self.stats.counters.loop_turns += 1;
             let now_ns = self.now_ns();
@@ -260,7 +262,7 @@ impl Worker {
             }
             let hold = match self.state {
                 RunState::Draining { .. } => 0,
-                RunState::Serving => pacer.wait_ns(now_ns),
+                RunState::Serving => pacer.wait_ns(now_ns).max(batch.wait_ns(now_ns)),
             };
             let busy = !self.read_retry.is_empty()
                 || self.acceptor.state == AcceptState::Again
@@ -325,13 +327,24 @@ impl Worker {
             if self.state == RunState::Serving && !self.link.run_ingest() {
                 eprintln!("tickwire: worker {} stopped its ingest loop", self.id);
             }
-            if hold == 0 || pacer.wait_ns(self.now_ns()) == 0 {
-                self.drain_ring();
+            let due = hold == 0 || {
+                let now_ns = self.now_ns();
+                pacer.wait_ns(now_ns) == 0 && batch.wait_ns(now_ns) == 0
+            };
+            if due {
+                let taken = self.drain_ring();
+                let start_ns = self.now_ns();
                 if self.flush_dirty() > 0 {
-                    let held = pacer.pass_done(self.now_ns());
+                    let end_ns = self.now_ns();
+                    let held = pacer.pass_done(end_ns);
                     if held > 0 {
                         self.stats.counters.paced_passes += 1;
                         self.stats.counters.paced_wait_ns += held;
+                    }
+                    let held = batch.pass_done(taken, start_ns, end_ns);
+                    if held > 0 {
+                        self.stats.counters.batch_held_passes += 1;
+                        self.stats.counters.batch_hold_ns += held;
                     }
                 }
             }
