@@ -300,7 +300,7 @@ pub struct Cli {
     /// While other threads wait for the workers' cores, space each worker's write passes so that together they take about one core's worth (bigger batches, fewer syscalls); false writes as soon as updates arrive [default: true]
     #[arg(long, value_name = "BOOL")]
     pub pace_when_contended: Option<bool>,
-    /// Once updates arrive faster than one per write pass (a turn took 600 bytes or more of updates), hold the next pass back by a fifth of the last one so each write carries a bigger batch; false writes as soon as updates arrive [default: true]
+    /// Once updates arrive faster than a write pass goes out (a turn took 8 or more updates off the ring), hold the next pass back by a fifth of the last one so each write carries a bigger batch; false writes as soon as updates arrive [default: true]
     #[arg(long, value_name = "BOOL")]
     pub hold_batches: Option<bool>,
     /// With one worker, run the ingest loop on that worker's thread: a tick is read, sequenced and written by one thread with no hand-off; false gives ingest its own thread [default: true]

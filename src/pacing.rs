@@ -17,9 +17,10 @@
 //! (Linux schedstat) and asks whether a pass may start.
 //!
 //! [`BatchHold`] applies to any number of workers, contended or not: once
-//! updates arrive faster than one per pass (a turn took a batch off the
-//! ring), the next pass waits a fifth of the last one, so each write carries
-//! a bigger batch. Below that rate nothing waits and latency is untouched.
+//! updates arrive faster than a pass writes them (a turn took a batch of
+//! [`BATCH_GATE_UPDATES`] or more off the ring), the next pass waits a fifth
+//! of the last one, so each write carries a bigger batch: fewer writes per
+//! delivery for the same bytes. Slower feeds are written at once.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -131,12 +132,14 @@ impl Pacer {
     }
 }
 
-/// A turn that took at least this many bytes of updates off the ring (about
-/// four ~150-byte update frames) saw updates arrive faster than it wrote...
-pub const BATCH_GATE_BYTES: u64 = 600;
+/// A turn that took at least this many updates off the ring saw them arrive
+/// faster than it writes (at 1,000 subscribers, from about 1,600 updates/s
+/// on 2 cores)...
+pub const BATCH_GATE_UPDATES: u64 = 8;
 /// ...so its next write pass waits the last pass's duration over this.
 /// Without the gate every fraction tried (a tenth, a fifth, a third) raised
-/// p99 somewhere from 100 to 1,600 ticks/s (perf/DEFAULTS.md).
+/// p99 somewhere from 100 to 1,600 ticks/s; with a gate of 4-5 updates a
+/// fifth still did at 800-1,600, with 8 it did not (perf/DEFAULTS.md).
 pub const BATCH_HOLD_DIVISOR: u64 = 5;
 
 /// Holds a write pass back after a pass that carried a batch (see the module
@@ -159,10 +162,10 @@ impl BatchHold {
     }
 
     /// A write pass ran from `start_ns` to `end_ns` after a turn that took
-    /// `taken` bytes of updates off the ring. Returns how long the next pass
+    /// `taken` updates off the ring. Returns how long the next pass
     /// is held back (0: not at all).
     pub fn pass_done(&mut self, taken: u64, start_ns: u64, end_ns: u64) -> u64 {
-        if !self.enabled || taken < BATCH_GATE_BYTES {
+        if !self.enabled || taken < BATCH_GATE_UPDATES {
             self.resume_at_ns = 0;
             return 0;
         }
@@ -285,25 +288,28 @@ mod tests {
     #[test]
     fn batch_hold_waits_a_fifth_of_a_pass_that_carried_a_batch() {
         let mut h = BatchHold::new(true);
-        // One tick per turn: written at once, whatever the pass cost.
-        assert_eq!(h.pass_done(BATCH_GATE_BYTES - 1, 0, 10 * MS), 0);
+        // Fewer updates than the gate: written at once, whatever the pass cost.
+        assert_eq!(h.pass_done(BATCH_GATE_UPDATES - 1, 0, 10 * MS), 0);
         assert_eq!(h.wait_ns(10 * MS), 0);
         // A batch: the next pass waits a fifth of this one's 2 ms.
-        assert_eq!(h.pass_done(BATCH_GATE_BYTES, 10 * MS, 12 * MS), 2 * MS / 5);
+        assert_eq!(
+            h.pass_done(BATCH_GATE_UPDATES, 10 * MS, 12 * MS),
+            2 * MS / 5
+        );
         assert_eq!(h.wait_ns(12 * MS), 2 * MS / 5);
         assert_eq!(h.wait_ns(12 * MS + MS / 5), MS / 5);
         assert_eq!(h.wait_ns(13 * MS), 0);
         // Capped like the pacer's wait.
-        assert_eq!(h.pass_done(1 << 20, 0, 100 * MS), MAX_LINGER_NS);
+        assert_eq!(h.pass_done(1_000, 0, 100 * MS), MAX_LINGER_NS);
         // A small turn after a batch releases the hold at once.
-        assert_eq!(h.pass_done(150, 100 * MS, 101 * MS), 0);
+        assert_eq!(h.pass_done(1, 100 * MS, 101 * MS), 0);
         assert_eq!(h.wait_ns(101 * MS), 0);
     }
 
     #[test]
     fn batch_hold_disabled_never_waits() {
         let mut h = BatchHold::new(false);
-        assert_eq!(h.pass_done(1 << 20, 0, 10 * MS), 0);
+        assert_eq!(h.pass_done(1_000, 0, 10 * MS), 0);
         assert_eq!(h.wait_ns(10 * MS), 0);
     }
 

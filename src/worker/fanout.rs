@@ -131,9 +131,10 @@ impl SubscriberIndex {
 impl Worker {
     /// Drains the ingest ring: updates go to the coalescer and out to their
     /// subscribers, subscribe replies activate subscriptions in ring order.
-    /// Returns the bytes of updates taken off the ring.
+    /// Returns the number of updates taken off the ring.
     pub(crate) fn drain_ring(&mut self) -> u64 {
         let mut taken = 0u64;
+        let mut updates = 0u64;
         for _ in 0..RING_BATCH {
             let Some(msg) = self.link.pop() else {
                 break;
@@ -141,6 +142,7 @@ impl Worker {
             match msg {
                 ToWorker::Update(u) => {
                     taken += u.frame.len() as u64;
+                    updates += 1;
                     if !self.index.has_subscribers(u.channel) {
                         continue;
                     }
@@ -170,7 +172,7 @@ impl Worker {
         for (slot, class) in std::mem::take(&mut self.slow) {
             self.cut_slow_consumer(slot, class);
         }
-        taken
+        updates
     }
 
     /// A consumer of a class that never conflates fell a budget behind:
