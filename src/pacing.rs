@@ -139,7 +139,8 @@ pub const BATCH_GATE_UPDATES: u64 = 8;
 /// ...so its next write pass waits the last pass's duration over this.
 /// Without the gate every fraction tried (a tenth, a fifth, a third) raised
 /// p99 somewhere from 100 to 1,600 ticks/s; with a gate of 4-5 updates a
-/// fifth still did at 800-1,600, with 8 it did not (perf/DEFAULTS.md).
+/// fifth still did at 800-1,600; with 8 the hold engages from about 1,600
+/// (perf/DEFAULTS.md).
 pub const BATCH_HOLD_DIVISOR: u64 = 5;
 
 /// Holds a write pass back after a pass that carried a batch (see the module
