@@ -22,18 +22,7 @@ fn batch_held_passes(extra: &[&str], burst: u64, every: Duration, ticks: u64) ->
             let mut c = Client::connect(srv.listen);
             c.set_timeout(Duration::from_secs(20));
             c.subscribe(&[CH]);
-            std::thread::spawn(move || {
-                let mut last = 0;
-                loop {
-                    let v = c.recv();
-                    let seq = v["seq"].as_u64().expect("an update");
-                    assert!(seq > last, "seq went from {last} to {seq}");
-                    last = seq;
-                    if v["data"]["last"].as_bool() == Some(true) {
-                        return last;
-                    }
-                }
-            })
+            std::thread::spawn(move || c.read_until_last())
         })
         .collect();
     let mut feed = Feed::connect(srv.ingest);

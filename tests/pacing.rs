@@ -30,20 +30,7 @@ fn paced_passes_under_load(extra: &[&str]) -> (f64, f64) {
         .collect();
     let readers: Vec<_> = clients
         .drain(..)
-        .map(|mut c| {
-            std::thread::spawn(move || {
-                let mut last = 0;
-                loop {
-                    let v = c.recv();
-                    let seq = v["seq"].as_u64().expect("an update");
-                    assert!(seq > last, "seq went from {last} to {seq}");
-                    last = seq;
-                    if v["data"]["last"].as_bool() == Some(true) {
-                        return last;
-                    }
-                }
-            })
-        })
+        .map(|mut c| std::thread::spawn(move || c.read_until_last()))
         .collect();
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -240,6 +240,21 @@ impl Client {
     }
 
     /// Next JSON text message (pings are answered by tungstenite).
+    /// Reads updates, checking that seqs only rise, until one whose data
+    /// has `"last": true`; returns its seq.
+    pub fn read_until_last(&mut self) -> u64 {
+        let mut last = 0;
+        loop {
+            let v = self.recv();
+            let seq = v["seq"].as_u64().expect("an update");
+            assert!(seq > last, "seq went from {last} to {seq}");
+            last = seq;
+            if v["data"]["last"].as_bool() == Some(true) {
+                return last;
+            }
+        }
+    }
+
     pub fn recv(&mut self) -> Value {
         loop {
             match self.ws.read().expect("ws read") {
