@@ -110,6 +110,9 @@ pub struct Config {
     /// After a turn that took a batch of updates off the ring, hold the next
     /// write pass back by a fifth of the last one.
     pub hold_batches: bool,
+    /// During a write pass, take updates that arrived meanwhile to the
+    /// connections the pass has not written yet.
+    pub refresh_passes: bool,
     /// With one worker, that worker drives the ingest loop (no ingest thread).
     pub ingest_on_worker: bool,
     /// SO_SNDBUF per client socket; 0 leaves the kernel's autotuning.
@@ -196,6 +199,7 @@ impl Default for Config {
             conflate_on_block: true,
             pace_when_contended: true,
             hold_batches: true,
+            refresh_passes: true,
             ingest_on_worker: true,
             socket_send_buffer: DEFAULT_SOCKET_SEND_BUFFER,
             socket_notsent_lowat: DEFAULT_SOCKET_NOTSENT_LOWAT,
@@ -303,6 +307,9 @@ pub struct Cli {
     /// Once updates arrive faster than a write pass goes out (a turn took 8 or more updates off the ring), hold the next pass back by a fifth of the last one so each write carries a bigger batch; false writes as soon as updates arrive [default: true]
     #[arg(long, value_name = "BOOL")]
     pub hold_batches: Option<bool>,
+    /// During a write pass, look for fresh updates every 64 writes and give them to the connections the pass has not written yet (a tick that arrives mid-pass waits for part of a pass, not a whole one); false: a pass writes only what was due when it started [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub refresh_passes: Option<bool>,
     /// With one worker, run the ingest loop on that worker's thread: a tick is read, sequenced and written by one thread with no hand-off; false gives ingest its own thread [default: true]
     #[arg(long, value_name = "BOOL")]
     pub ingest_on_worker: Option<bool>,
@@ -445,6 +452,7 @@ struct FileConfig {
     conflate_on_block: Option<bool>,
     pace_when_contended: Option<bool>,
     hold_batches: Option<bool>,
+    refresh_passes: Option<bool>,
     ingest_on_worker: Option<bool>,
     demo: Option<bool>,
     demo_rate: Option<u32>,
@@ -725,6 +733,7 @@ impl Config {
         set!(conflate_on_block);
         set!(pace_when_contended);
         set!(hold_batches);
+        set!(refresh_passes);
         set!(ingest_on_worker);
         set!(demo_rate);
         set!(max_channels_per_connection);

@@ -74,6 +74,9 @@ pub mod names {
     pub const WORKER_BATCH_HELD_PASSES_TOTAL: &str = "tickwire_worker_batch_held_passes_total";
     /// `tickwire_worker_batch_hold_seconds_total`.
     pub const WORKER_BATCH_HOLD_SECONDS_TOTAL: &str = "tickwire_worker_batch_hold_seconds_total";
+    /// `tickwire_worker_pass_refresh_updates_total`.
+    pub const WORKER_PASS_REFRESH_UPDATES_TOTAL: &str =
+        "tickwire_worker_pass_refresh_updates_total";
     /// `tickwire_worker_connections`.
     pub const WORKER_CONNECTIONS: &str = "tickwire_worker_connections";
     /// `tickwire_worker_contended_windows_total{worker}`.
@@ -152,6 +155,8 @@ pub struct WorkerStats {
     pub batch_held_passes: AtomicU64,
     /// Nanoseconds those passes were held back in all.
     pub batch_hold_ns: AtomicU64,
+    /// Updates taken off the ring while a write pass was under way.
+    pub pass_refresh_updates: AtomicU64,
     /// 20 ms windows in which the worker's thread waited for a core (whether
     /// or not pacing applies).
     pub contended_windows: AtomicU64,
@@ -209,6 +214,8 @@ pub struct WorkerCounters {
     /// See [`WorkerStats`].
     pub batch_hold_ns: u64,
     /// See [`WorkerStats`].
+    pub pass_refresh_updates: u64,
+    /// See [`WorkerStats`].
     pub contended_windows: u64,
     /// See [`WorkerStats`] (grown on first use).
     pub class_slow_consumer_closes: Vec<u64>,
@@ -254,6 +261,7 @@ impl WorkerCounters {
         s.paced_wait_ns.store(self.paced_wait_ns, r);
         s.batch_held_passes.store(self.batch_held_passes, r);
         s.batch_hold_ns.store(self.batch_hold_ns, r);
+        s.pass_refresh_updates.store(self.pass_refresh_updates, r);
         s.contended_windows.store(self.contended_windows, r);
         for (a, v) in s
             .class_slow_consumer_closes
@@ -722,6 +730,13 @@ impl Metrics {
             "Time those passes were held back.",
             "counter",
             &|w| format!("{:.6}", w.batch_hold_ns.load(r) as f64 / 1e9),
+        );
+        per_worker(
+            &mut o,
+            names::WORKER_PASS_REFRESH_UPDATES_TOTAL,
+            "Updates a worker took off its ring while a write pass was under way (for the connections the pass had not written yet).",
+            "counter",
+            &|w| w.pass_refresh_updates.load(r).to_string(),
         );
         per_worker(
             &mut o,

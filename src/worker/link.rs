@@ -116,6 +116,17 @@ impl IngestLink {
         true
     }
 
+    /// During a write pass: the ingest loop (when driven here) takes what its
+    /// feeds sent meanwhile, whether or not the worker's poll announced it
+    /// (one non-blocking poll of the ingest loop's own `Poll`).
+    /// Returns false when the loop stopped, as [`IngestLink::run_ingest`].
+    pub fn refresh_ingest(&mut self) -> bool {
+        if let Some(o) = self.on_worker.as_mut() {
+            o.due = true;
+        }
+        self.run_ingest()
+    }
+
     /// Shutdown: the ingest loop (when driven here) stops with the worker.
     pub fn stop_ingest(&mut self) {
         if let Some(mut o) = self.on_worker.take() {

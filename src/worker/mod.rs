@@ -260,10 +260,7 @@ impl Worker {
                     self.stats.counters.contended_windows += 1;
                 }
             }
-            let hold = match self.state {
-                RunState::Draining { .. } => 0,
-                RunState::Serving => pacer.wait_ns(now_ns).max(batch.wait_ns(now_ns)),
-            };
+            let hold = self.hold_ns(&pacer, &batch, now_ns);
             let busy = !self.read_retry.is_empty()
                 || self.acceptor.state == AcceptState::Again
                 || self.link.has_backlog()
@@ -280,7 +277,7 @@ impl Worker {
                 Duration::from_nanos(hold)
             } else {
                 self.bell.prepare_sleep();
-                if self.link.ring_is_empty() && !self.admin.has_replies() {
+                if self.link.ring_is_empty() && !self.admin.has_replies() && self.dirty.is_empty() {
                     let wait = next_housekeeping.saturating_sub(self.clock_ms()).max(1);
                     Duration::from_millis(wait)
                 } else {
@@ -330,21 +327,20 @@ impl Worker {
             if self.state == RunState::Serving && !self.link.run_ingest() {
                 eprintln!("tickwire: worker {} stopped its ingest loop", self.id);
             }
-            let due = hold == 0 || {
-                let now_ns = self.now_ns();
-                pacer.wait_ns(now_ns) == 0 && batch.wait_ns(now_ns) == 0
-            };
+            let due = hold == 0 || self.hold_ns(&pacer, &batch, self.now_ns()) == 0;
             if due {
-                let taken = self.drain_ring();
+                let updates = self.drain_ring();
                 let start_ns = self.now_ns();
-                if self.flush_dirty() > 0 {
+                let pass = self.write_pass(self.config.refresh_passes);
+                self.stats.counters.pass_refresh_updates += pass.updates;
+                if pass.written > 0 {
                     let end_ns = self.now_ns();
                     let held = pacer.pass_done(end_ns);
                     if held > 0 {
                         self.stats.counters.paced_passes += 1;
                         self.stats.counters.paced_wait_ns += held;
                     }
-                    let held = batch.pass_done(taken, start_ns, end_ns);
+                    let held = batch.pass_done(updates + pass.updates, start_ns, end_ns);
                     if held > 0 {
                         self.stats.counters.batch_held_passes += 1;
                         self.stats.counters.batch_hold_ns += held;
@@ -385,6 +381,15 @@ impl Worker {
         self.metrics.merge_latency(self.id, &mut self.stats.latency);
         self.conns.clear();
         self.publish_stats();
+    }
+
+    /// How long the next write pass is held back: the longer of the
+    /// contention pacer's and the batch hold's waits; none while draining.
+    fn hold_ns(&self, pacer: &Pacer, batch: &BatchHold, now_ns: u64) -> u64 {
+        match self.state {
+            RunState::Draining { .. } => 0,
+            RunState::Serving => pacer.wait_ns(now_ns).max(batch.wait_ns(now_ns)),
+        }
     }
 
     fn publish_stats(&mut self) {

@@ -35,12 +35,17 @@ fn sampled(n: u64) -> bool {
 #[derive(Debug)]
 pub struct DirtyList {
     slots: Vec<u32>,
+    /// The list a pass walks is swapped out for this one, so connections
+    /// marked during the pass (fresh updates for those already written) are
+    /// listed without allocating.
+    spare: Vec<u32>,
 }
 
 impl Default for DirtyList {
     fn default() -> Self {
         DirtyList {
             slots: Vec::with_capacity(1024),
+            spare: Vec::with_capacity(1024),
         }
     }
 }
@@ -189,12 +194,36 @@ fn write_stream<W: std::io::Write>(
     }
 }
 
+/// Connections written between two looks for fresh updates during a pass.
+/// At 3-5 µs per write on loopback, 64 writes are 200-300 µs: a tick that
+/// arrives while a pass is under way reaches the connections the pass has
+/// not written yet, instead of waiting for the whole next pass.
+pub const REFRESH_EVERY: usize = 64;
+
+/// What a write pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    /// Connections written.
+    pub written: usize,
+    /// Updates taken off the ring while the pass was under way.
+    pub updates: u64,
+}
+
 impl Worker {
     /// Writes every connection marked dirty; returns how many were written.
+    /// Connections marked while the pass runs are written by the next one.
     pub(crate) fn flush_dirty(&mut self) -> usize {
-        let mut dirty = std::mem::take(&mut self.dirty.slots);
-        let mut written = 0;
-        for &slot in &dirty {
+        self.write_pass(false).written
+    }
+
+    /// A write pass. With `refresh`, every [`REFRESH_EVERY`] writes it takes
+    /// what arrived meanwhile off the ring: the connections not yet written
+    /// get it in this pass; those already written are listed for the next.
+    pub(crate) fn write_pass(&mut self, refresh: bool) -> Pass {
+        let mut list =
+            std::mem::replace(&mut self.dirty.slots, std::mem::take(&mut self.dirty.spare));
+        let mut pass = Pass::default();
+        for &slot in &list {
             let Some(conn) = self.conns.get_mut(slot as usize) else {
                 continue;
             };
@@ -204,14 +233,30 @@ impl Worker {
             conn.dirty = false;
             if !conn.write_blocked {
                 self.flush(slot);
-                written += 1;
+                pass.written += 1;
+                if refresh && pass.written % REFRESH_EVERY == 0 {
+                    pass.updates += self.refresh();
+                }
             }
         }
-        dirty.clear();
-        // Flushes may have closed connections; none re-marks during the loop.
-        debug_assert!(self.dirty.is_empty());
-        self.dirty.slots = dirty;
-        written
+        list.clear();
+        self.dirty.spare = list;
+        pass
+    }
+
+    /// Fresh updates during a pass: the ingest loop's input when this worker
+    /// drives it, then the ring. Returns the updates taken.
+    fn refresh(&mut self) -> u64 {
+        if self.state != super::RunState::Serving {
+            return 0;
+        }
+        if !self.link.refresh_ingest() {
+            eprintln!("tickwire: worker {} stopped its ingest loop", self.id);
+        }
+        if self.link.ring_is_empty() {
+            return 0;
+        }
+        self.drain_ring()
     }
 
     pub(crate) fn flush(&mut self, slot: u32) {

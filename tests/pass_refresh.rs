@@ -1,0 +1,72 @@
+//! Pass refresh: while a write pass is under way, updates that arrived
+//! meanwhile go to the connections the pass has not written yet (counted in
+//! metrics); with `--refresh-passes false` a pass writes only what was due
+//! when it started. Either way every client gets every channel's newest
+//! update, with seqs that only rise.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Enough clients that a pass of writes spans several refresh points.
+const CLIENTS: usize = 300;
+const CH: &str = "REFRESH";
+
+/// Feeds `CLIENTS` clients a steady stream (one small write every
+/// millisecond for about 1.5 s) and a last tick; every client checks that
+/// seqs only rise and that it ends on the last tick. Returns the updates
+/// taken mid-pass.
+fn refreshed_updates(extra: &[&str]) -> f64 {
+    // One test address opens all the clients at once.
+    let mut args = vec![
+        "--max-connections-per-ip",
+        "0",
+        "--new-connections-per-ip-per-second",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    let srv = Server::start(&args);
+    let readers: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let mut c = Client::connect(srv.listen);
+            c.set_timeout(Duration::from_secs(30));
+            c.subscribe(&[CH]);
+            std::thread::spawn(move || c.read_until_last())
+        })
+        .collect();
+    let mut feed = Feed::connect(srv.ingest);
+    let mut sent = 0u64;
+    for _ in 0..1_500 {
+        let mut batch = String::new();
+        for _ in 0..2 {
+            sent += 1;
+            batch.push_str(&tick(CH, sent));
+            batch.push('\n');
+        }
+        feed.send_raw(batch.as_bytes());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sent += 1;
+    feed.send(&format!(r#"{{"ch":"{CH}","i":{sent},"last":true}}"#));
+    for r in readers {
+        assert_eq!(
+            r.join().unwrap(),
+            sent,
+            "every client ends on the last tick"
+        );
+    }
+    srv.metric("tickwire_worker_pass_refresh_updates_total")
+}
+
+#[test]
+fn updates_that_arrive_during_a_pass_reach_the_clients_it_has_not_written_yet() {
+    let refreshed = refreshed_updates(&[]);
+    assert!(
+        refreshed > 0.0,
+        "no update was taken off the ring during a pass to {CLIENTS} clients"
+    );
+    let off = refreshed_updates(&["--refresh-passes", "false"]);
+    assert_eq!(off, 0.0, "--refresh-passes false still refreshed passes");
+}
