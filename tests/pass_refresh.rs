@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 
-/// Enough clients that a pass of writes spans several refresh points.
+/// Enough clients that a write pass lasts past the refresh gap.
 const CLIENTS: usize = 300;
 const CH: &str = "REFRESH";
 

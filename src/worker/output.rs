@@ -194,11 +194,16 @@ fn write_stream<W: std::io::Write>(
     }
 }
 
-/// Connections written between two looks for fresh updates during a pass.
-/// At 3-5 µs per write on loopback, 64 writes are 200-300 µs: a tick that
-/// arrives while a pass is under way reaches the connections the pass has
-/// not written yet, instead of waiting for the whole next pass.
+/// Connections written between two looks at the clock during a pass (at
+/// 3-5 µs per write on loopback, 200-300 µs).
 pub const REFRESH_EVERY: usize = 64;
+/// Least time between two refreshes of a pass. A tick that arrives while a
+/// pass is under way reaches the connections the pass has not written yet
+/// within about this long, instead of waiting for the whole next pass. Each
+/// refresh that finds updates costs every subscriber one more queue entry
+/// and iovec: refreshing every 64 writes cost the top steps more than it
+/// gave (perf/DEFAULTS.md).
+pub const REFRESH_GAP_NS: u64 = 1_000_000;
 
 /// What a write pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -216,13 +221,15 @@ impl Worker {
         self.write_pass(false).written
     }
 
-    /// A write pass. With `refresh`, every [`REFRESH_EVERY`] writes it takes
-    /// what arrived meanwhile off the ring: the connections not yet written
-    /// get it in this pass; those already written are listed for the next.
+    /// A write pass. With `refresh`, once [`REFRESH_GAP_NS`] has passed
+    /// (looked at every [`REFRESH_EVERY`] writes) it takes what arrived
+    /// meanwhile off the ring: the connections not yet written get it in
+    /// this pass; those already written are listed for the next.
     pub(crate) fn write_pass(&mut self, refresh: bool) -> Pass {
         let mut list =
             std::mem::replace(&mut self.dirty.slots, std::mem::take(&mut self.dirty.spare));
         let mut pass = Pass::default();
+        let mut last_ns = if refresh { clock::now_ns() } else { 0 };
         for &slot in &list {
             let Some(conn) = self.conns.get_mut(slot as usize) else {
                 continue;
@@ -235,7 +242,11 @@ impl Worker {
                 self.flush(slot);
                 pass.written += 1;
                 if refresh && pass.written % REFRESH_EVERY == 0 {
-                    pass.updates += self.refresh();
+                    let now_ns = clock::now_ns();
+                    if now_ns.saturating_sub(last_ns) >= REFRESH_GAP_NS {
+                        last_ns = now_ns;
+                        pass.updates += self.refresh();
+                    }
                 }
             }
         }
