@@ -307,7 +307,7 @@ pub struct Cli {
     /// Once updates arrive faster than a write pass goes out (a turn took 8 or more updates off the ring), hold the next pass back by a fifth of the last one so each write carries a bigger batch; false writes as soon as updates arrive [default: true]
     #[arg(long, value_name = "BOOL")]
     pub hold_batches: Option<bool>,
-    /// During a write pass, look for fresh updates every 64 writes and give them to the connections the pass has not written yet (a tick that arrives mid-pass waits for part of a pass, not a whole one); false: a pass writes only what was due when it started [default: true]
+    /// During a write pass, look for fresh updates once a millisecond and give them to the connections the pass has not written yet (a tick that arrives mid-pass waits for part of a pass, not a whole one); false: a pass writes only what was due when it started [default: true]
     #[arg(long, value_name = "BOOL")]
     pub refresh_passes: Option<bool>,
     /// With one worker, run the ingest loop on that worker's thread: a tick is read, sequenced and written by one thread with no hand-off; false gives ingest its own thread [default: true]
