@@ -324,8 +324,8 @@ impl Worker {
                 }
             }
             self.serve_admin_replies();
-            if self.state == RunState::Serving && !self.link.run_ingest() {
-                eprintln!("tickwire: worker {} stopped its ingest loop", self.id);
+            if self.state == RunState::Serving {
+                self.run_ingest(false);
             }
             let due = hold == 0 || self.hold_ns(&pacer, &batch, self.now_ns()) == 0;
             if due {
@@ -381,6 +381,19 @@ impl Worker {
         self.metrics.merge_latency(self.id, &mut self.stats.latency);
         self.conns.clear();
         self.publish_stats();
+    }
+
+    /// A turn of the ingest loop, when this worker drives it: when its poll
+    /// announced input, or (`refresh`, during a write pass) whether or not.
+    fn run_ingest(&mut self, refresh: bool) {
+        let running = if refresh {
+            self.link.refresh_ingest()
+        } else {
+            self.link.run_ingest()
+        };
+        if !running {
+            eprintln!("tickwire: worker {} stopped its ingest loop", self.id);
+        }
     }
 
     /// How long the next write pass is held back: the longer of the

@@ -261,9 +261,7 @@ impl Worker {
         if self.state != super::RunState::Serving {
             return 0;
         }
-        if !self.link.refresh_ingest() {
-            eprintln!("tickwire: worker {} stopped its ingest loop", self.id);
-        }
+        self.run_ingest(true);
         if self.link.ring_is_empty() {
             return 0;
         }
