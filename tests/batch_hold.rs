@@ -17,35 +17,9 @@ const CH: &str = "BATCH";
 /// that it ends on the last tick. Returns the passes held for a batch.
 fn batch_held_passes(extra: &[&str], burst: u64, every: Duration, ticks: u64) -> f64 {
     let srv = Server::start(extra);
-    let readers: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let mut c = Client::connect(srv.listen);
-            c.set_timeout(Duration::from_secs(20));
-            c.subscribe(&[CH]);
-            std::thread::spawn(move || c.read_until_last())
-        })
-        .collect();
-    let mut feed = Feed::connect(srv.ingest);
-    let mut sent = 0u64;
-    while sent < ticks {
-        let mut batch = String::new();
-        for _ in 0..burst {
-            sent += 1;
-            batch.push_str(&tick(CH, sent));
-            batch.push('\n');
-        }
-        feed.send_raw(batch.as_bytes());
-        std::thread::sleep(every);
-    }
-    sent += 1;
-    feed.send(&format!(r#"{{"ch":"{CH}","i":{sent},"last":true}}"#));
-    for r in readers {
-        assert_eq!(
-            r.join().unwrap(),
-            sent,
-            "every client ends on the last tick"
-        );
-    }
+    let readers = spawn_readers(srv.listen, CLIENTS, CH, Duration::from_secs(20));
+    let last = Feed::connect(srv.ingest).send_bursts_then_last(CH, burst, every, ticks);
+    join_readers(readers, last);
     srv.metric("tickwire_worker_batch_held_passes_total")
 }
 

@@ -28,35 +28,10 @@ fn refreshed_updates(extra: &[&str]) -> f64 {
     ];
     args.extend_from_slice(extra);
     let srv = Server::start(&args);
-    let readers: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let mut c = Client::connect(srv.listen);
-            c.set_timeout(Duration::from_secs(30));
-            c.subscribe(&[CH]);
-            std::thread::spawn(move || c.read_until_last())
-        })
-        .collect();
-    let mut feed = Feed::connect(srv.ingest);
-    let mut sent = 0u64;
-    for _ in 0..1_500 {
-        let mut batch = String::new();
-        for _ in 0..2 {
-            sent += 1;
-            batch.push_str(&tick(CH, sent));
-            batch.push('\n');
-        }
-        feed.send_raw(batch.as_bytes());
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    sent += 1;
-    feed.send(&format!(r#"{{"ch":"{CH}","i":{sent},"last":true}}"#));
-    for r in readers {
-        assert_eq!(
-            r.join().unwrap(),
-            sent,
-            "every client ends on the last tick"
-        );
-    }
+    let readers = spawn_readers(srv.listen, CLIENTS, CH, Duration::from_secs(30));
+    let feed = &mut Feed::connect(srv.ingest);
+    let last = feed.send_bursts_then_last(CH, 2, Duration::from_millis(1), 3_000);
+    join_readers(readers, last);
     srv.metric("tickwire_worker_pass_refresh_updates_total")
 }
 

@@ -178,6 +178,32 @@ impl Feed {
         self.stream.write_all(b"\n").unwrap();
     }
 
+    /// Sends ticks 1 to `ticks` of `ch` ([`tick`]) in writes of `burst`
+    /// lines, sleeping `every` after each write, then one more tick whose
+    /// data has `"last": true`; returns its number.
+    pub fn send_bursts_then_last(
+        &mut self,
+        ch: &str,
+        burst: u64,
+        every: Duration,
+        ticks: u64,
+    ) -> u64 {
+        let mut sent = 0u64;
+        while sent < ticks {
+            let mut batch = String::new();
+            for _ in 0..burst {
+                sent += 1;
+                batch.push_str(&tick(ch, sent));
+                batch.push('\n');
+            }
+            self.send_raw(batch.as_bytes());
+            std::thread::sleep(every);
+        }
+        sent += 1;
+        self.send(&format!(r#"{{"ch":"{ch}","i":{sent},"last":true}}"#));
+        sent
+    }
+
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).unwrap();
     }
@@ -314,6 +340,35 @@ pub fn notify_class_config(tag: &str) -> (std::path::PathBuf, std::path::PathBuf
     )
     .unwrap();
     (dir, cfg)
+}
+
+/// `n` clients subscribed to `ch`, each reading on a thread of its own
+/// until the last tick ([`Client::read_until_last`]).
+pub fn spawn_readers(
+    listen: SocketAddr,
+    n: usize,
+    ch: &str,
+    timeout: Duration,
+) -> Vec<std::thread::JoinHandle<u64>> {
+    (0..n)
+        .map(|_| {
+            let mut c = Client::connect(listen);
+            c.set_timeout(timeout);
+            c.subscribe(&[ch]);
+            std::thread::spawn(move || c.read_until_last())
+        })
+        .collect()
+}
+
+/// Joins [`spawn_readers`]'s readers: every one must have ended on `last`.
+pub fn join_readers(readers: Vec<std::thread::JoinHandle<u64>>, last: u64) {
+    for r in readers {
+        assert_eq!(
+            r.join().unwrap(),
+            last,
+            "every client ends on the last tick"
+        );
+    }
 }
 
 pub fn tick(ch: &str, i: u64) -> String {
