@@ -77,6 +77,8 @@ pub mod names {
     /// `tickwire_worker_pass_refresh_updates_total`.
     pub const WORKER_PASS_REFRESH_UPDATES_TOTAL: &str =
         "tickwire_worker_pass_refresh_updates_total";
+    /// `tickwire_worker_merged_updates_total`.
+    pub const WORKER_MERGED_UPDATES_TOTAL: &str = "tickwire_worker_merged_updates_total";
     /// `tickwire_worker_connections`.
     pub const WORKER_CONNECTIONS: &str = "tickwire_worker_connections";
     /// `tickwire_worker_contended_windows_total{worker}`.
@@ -157,6 +159,9 @@ pub struct WorkerStats {
     pub batch_hold_ns: AtomicU64,
     /// Updates taken off the ring while a write pass was under way.
     pub pass_refresh_updates: AtomicU64,
+    /// Deliveries merged into the unwritten entry of their channel at the
+    /// end of a connection's queue instead of queued as entries of their own.
+    pub merged: AtomicU64,
     /// 20 ms windows in which the worker's thread waited for a core (whether
     /// or not pacing applies).
     pub contended_windows: AtomicU64,
@@ -216,6 +221,8 @@ pub struct WorkerCounters {
     /// See [`WorkerStats`].
     pub pass_refresh_updates: u64,
     /// See [`WorkerStats`].
+    pub merged: u64,
+    /// See [`WorkerStats`].
     pub contended_windows: u64,
     /// See [`WorkerStats`] (grown on first use).
     pub class_slow_consumer_closes: Vec<u64>,
@@ -262,6 +269,7 @@ impl WorkerCounters {
         s.batch_held_passes.store(self.batch_held_passes, r);
         s.batch_hold_ns.store(self.batch_hold_ns, r);
         s.pass_refresh_updates.store(self.pass_refresh_updates, r);
+        s.merged.store(self.merged, r);
         s.contended_windows.store(self.contended_windows, r);
         for (a, v) in s
             .class_slow_consumer_closes
@@ -737,6 +745,13 @@ impl Metrics {
             "Updates a worker took off its ring while a write pass was under way (for the connections the pass had not written yet).",
             "counter",
             &|w| w.pass_refresh_updates.load(r).to_string(),
+        );
+        per_worker(
+            &mut o,
+            names::WORKER_MERGED_UPDATES_TOTAL,
+            "Deliveries a worker merged into their channel's entry still unwritten at the end of a connection's queue (one buffer per write instead of one per turn).",
+            "counter",
+            &|w| w.merged.load(r).to_string(),
         );
         per_worker(
             &mut o,

@@ -17,9 +17,9 @@ const CH: &str = "BATCH";
 /// that it ends on the last tick. Returns the passes held for a batch.
 fn batch_held_passes(extra: &[&str], burst: u64, every: Duration, ticks: u64) -> f64 {
     let srv = Server::start(extra);
-    let readers = spawn_readers(srv.listen, CLIENTS, CH, Duration::from_secs(20));
-    let last = Feed::connect(srv.ingest).send_bursts_then_last(CH, burst, every, ticks);
-    join_readers(readers, last);
+    let readers = spawn_readers(srv.listen, CLIENTS, &[CH], Duration::from_secs(20));
+    let lasts = Feed::connect(srv.ingest).send_bursts_then_last(&[CH], burst, every, ticks);
+    join_readers(readers, &lasts);
     srv.metric("tickwire_worker_batch_held_passes_total")
 }
 

@@ -1,8 +1,9 @@
 //! Pass refresh: while a write pass is under way, updates that arrived
 //! meanwhile go to the connections the pass has not written yet (counted in
-//! metrics); with `--refresh-passes false` a pass writes only what was due
-//! when it started. Either way every client gets every channel's newest
-//! update, with seqs that only rise.
+//! metrics), and the others get them in the next pass; with
+//! `--refresh-passes false` a pass writes only what was due when it
+//! started. Either way every client gets every update of both its channels
+//! once, in order, unless conflation dropped some (counted).
 
 mod common;
 
@@ -12,12 +13,15 @@ use common::*;
 
 /// Enough clients that a write pass lasts past the refresh gap.
 const CLIENTS: usize = 300;
-const CH: &str = "REFRESH";
+/// Two channels, one tick each in turn: a refresh often finds one channel
+/// fresh and the next refresh the other, so a connection may pull one
+/// channel and be handed the other after its write.
+const CHS: [&str; 2] = ["REFRESH-A", "REFRESH-B"];
 
-/// Feeds `CLIENTS` clients a steady stream (one small write every
-/// millisecond for about 1.5 s) and a last tick; every client checks that
-/// seqs only rise and that it ends on the last tick. Returns the updates
-/// taken mid-pass.
+/// Feeds `CLIENTS` clients a steady stream (one tick every millisecond,
+/// alternating channels, for about 2.5 s) and a last tick per channel;
+/// every client checks that each channel's seqs only rise and that it ends
+/// on each last tick. Returns the updates taken mid-pass.
 fn refreshed_updates(extra: &[&str]) -> f64 {
     // One test address opens all the clients at once.
     let mut args = vec![
@@ -28,10 +32,15 @@ fn refreshed_updates(extra: &[&str]) -> f64 {
     ];
     args.extend_from_slice(extra);
     let srv = Server::start(&args);
-    let readers = spawn_readers(srv.listen, CLIENTS, CH, Duration::from_secs(30));
+    let readers = spawn_readers(srv.listen, CLIENTS, &CHS, Duration::from_secs(30));
     let feed = &mut Feed::connect(srv.ingest);
-    let last = feed.send_bursts_then_last(CH, 2, Duration::from_millis(1), 3_000);
-    join_readers(readers, last);
+    let lasts = feed.send_bursts_then_last(&CHS, 1, Duration::from_millis(1), 2_400);
+    let skipped = join_readers(readers, &lasts);
+    let conflated = srv.metric("tickwire_conflated_total");
+    assert!(
+        skipped == 0 || conflated > 0.0,
+        "{skipped} updates never reached their clients, none conflated"
+    );
     srv.metric("tickwire_worker_pass_refresh_updates_total")
 }
 

@@ -13,6 +13,10 @@
 //! the newest value of each channel, in the order the channels first became
 //! pending, and the queue grows by at most one frame per subscribed channel.
 //! The client sees the skipped updates as a jump in `seq`.
+//!
+//! Merging is neither: before the queue conflates, an update whose channel's
+//! entry ends the queue unwritten joins that entry ([`Merges`]), so the next
+//! write carries one buffer instead of one per turn; nothing is dropped.
 
 use std::cell::OnceCell;
 use std::collections::{HashMap, VecDeque};
@@ -110,6 +114,28 @@ impl Entry {
         f(self.ingest_ns);
     }
 
+    /// `older` followed by `newer` (consecutive updates of one channel) as
+    /// one entry: one copy of both, made once per fan-out and shared by
+    /// every subscriber whose queue ended with `older`.
+    pub fn merged(older: &Entry, newer: &Entry) -> EntryRef {
+        debug_assert!(older.channel == newer.channel && older.seq < newer.seq);
+        let mut bytes = bytes::BytesMut::with_capacity(older.bytes.len() + newer.bytes.len());
+        bytes.extend_from_slice(&older.bytes);
+        bytes.extend_from_slice(&newer.bytes);
+        let mut earlier =
+            Vec::with_capacity(older.count() as usize + newer.earlier_ingest_ns.len());
+        older.for_each_ingest_ns(|t| earlier.push(t));
+        earlier.extend_from_slice(&newer.earlier_ingest_ns);
+        Entry::coalesced(
+            bytes.freeze(),
+            newer.channel,
+            newer.seq,
+            newer.ingest_ns,
+            earlier.into_boxed_slice(),
+            older.bytes.len() + newer.newest_offset,
+        )
+    }
+
     /// The newest update alone: what a conflating queue keeps. The same `Rc`
     /// unless coalesced; built once per coalesced frame, not per subscriber.
     /// Copied rather than sliced: a slice would keep the whole packed turn
@@ -152,6 +178,67 @@ impl Hasher for IdHasher {
 /// already fill a socket buffer's worth per call.
 const IOV_BATCH: usize = 64;
 
+/// Merged entries built between two [`Merges::clear`]s: past this many,
+/// further subscribers get the update as an entry of its own, so a merge is
+/// never a copy per subscriber.
+const MAX_MERGES: usize = 16;
+
+/// The merged entries one fan-out has built, keyed by the tail each extends
+/// and the update appended.
+///
+/// An update fanned out while a subscriber's queue still ends with an
+/// unwritten entry of the same channel (a refresh in the middle of a write
+/// pass, a socket that would block) is merged into that entry, so the
+/// subscriber's next write carries one buffer instead of one per turn. Most
+/// subscribers share their tail (the last fan-out's entry), so the copy is
+/// made once per distinct tail, never per subscriber.
+#[derive(Debug)]
+pub struct Merges {
+    /// (tail extended, update appended, merged entry).
+    built: Vec<(EntryRef, EntryRef, EntryRef)>,
+    max_bytes: usize,
+}
+
+impl Merges {
+    /// Merged entries grow to at most `max_bytes`.
+    pub fn new(max_bytes: usize) -> Self {
+        Merges {
+            built: Vec::with_capacity(MAX_MERGES),
+            max_bytes,
+        }
+    }
+
+    /// `tail` followed by `update`, built on first need; `None` when the
+    /// result would be too large or this fan-out met too many tails.
+    fn get(&mut self, tail: &EntryRef, update: &EntryRef) -> Option<EntryRef> {
+        if let Some((.., m)) = self
+            .built
+            .iter()
+            .find(|(t, u, _)| Rc::ptr_eq(t, tail) && Rc::ptr_eq(u, update))
+        {
+            return Some(Rc::clone(m));
+        }
+        if self.built.len() == MAX_MERGES || tail.bytes.len() + update.bytes.len() > self.max_bytes
+        {
+            return None;
+        }
+        let m = Entry::merged(tail, update);
+        self.built
+            .push((Rc::clone(tail), Rc::clone(update), Rc::clone(&m)));
+        Some(m)
+    }
+
+    /// The largest merged entry.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Ends a fan-out: drops the references to tails and merged entries.
+    pub fn clear(&mut self) {
+        self.built.clear();
+    }
+}
+
 /// What [`OutQueue::push_update`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
@@ -159,6 +246,8 @@ pub enum Pushed {
     Queued,
     /// Replaced a pending update of the same channel (one update conflated).
     Conflated,
+    /// Merged into the unwritten entry of its channel at the queue's end.
+    Merged,
 }
 
 /// How a flush ended.
@@ -248,6 +337,27 @@ impl OutQueue {
         self.queue.push_back(frame);
         self.check_invariants();
         Pushed::Queued
+    }
+
+    /// Like [`OutQueue::push_update`], but an update whose channel's entry
+    /// ends the queue unwritten is merged into it (see [`Merges`]).
+    #[inline]
+    pub fn push_merged(&mut self, update: &EntryRef, budget: usize, merges: &mut Merges) -> Pushed {
+        if !self.conflating
+            && self.queued_bytes + update.bytes.len() <= budget
+            // A half-written front entry must not change under the writer.
+            && (self.queue.len() > 1 || self.head_written == 0)
+            && let Some(tail) = self.queue.back()
+            && tail.channel == update.channel
+            && tail.seq < update.seq
+            && let Some(m) = merges.get(tail, update)
+        {
+            self.queued_bytes += update.bytes.len();
+            *self.queue.back_mut().expect("has a tail") = m;
+            self.check_invariants();
+            return Pushed::Merged;
+        }
+        self.push_update(Rc::clone(update), budget)
     }
 
     /// Conflates from now on until the queue drains: the socket could not
@@ -548,6 +658,94 @@ mod tests {
         let (r, n) = q.flush(&mut sink, |f| seqs.push(f.seq)).unwrap();
         assert_eq!((r, n), (Flushed::Drained, 50));
         assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    }
+
+    fn tick(ch: u32, seq: u64, byte: u8) -> EntryRef {
+        Entry::update(Bytes::from(vec![byte; 4]), ChannelId(ch), seq, seq * 10)
+    }
+
+    #[test]
+    fn an_update_joins_its_channels_unwritten_tail_one_copy_for_all() {
+        let mut merges = Merges::new(1024);
+        let (first, second) = (tick(1, 1, b'a'), tick(1, 2, b'b'));
+        let mut queues: Vec<OutQueue> = (0..3).map(|_| OutQueue::default()).collect();
+        for q in &mut queues {
+            assert_eq!(q.push_merged(&first, 1000, &mut merges), Pushed::Queued);
+        }
+        for q in &mut queues {
+            assert_eq!(q.push_merged(&second, 1000, &mut merges), Pushed::Merged);
+            assert_eq!((q.len(), q.queued_bytes()), (1, 8));
+        }
+        // Built once, shared by every queue with the same tail.
+        assert_eq!(merges.built.len(), 1);
+        let merged = Rc::clone(&merges.built[0].2);
+        assert_eq!(
+            Rc::strong_count(&merged),
+            5,
+            "three queues, the cache, this"
+        );
+        assert_eq!(&merged.bytes[..], b"aaaabbbb");
+        assert_eq!((merged.count(), merged.seq, merged.ingest_ns), (2, 2, 20));
+        let mut times = vec![];
+        merged.for_each_ingest_ns(|t| times.push(t));
+        assert_eq!(times, [10, 20]);
+        assert_eq!(&Entry::newest(&merged).bytes[..], b"bbbb");
+        // Another channel queues behind; the written bytes keep the order.
+        let q = &mut queues[0];
+        assert_eq!(
+            q.push_merged(&tick(2, 1, b'c'), 1000, &mut merges),
+            Pushed::Queued
+        );
+        let mut out = Sink {
+            room: 1 << 20,
+            got: vec![],
+        };
+        let mut counts = vec![];
+        q.flush(&mut out, |f| counts.push(f.count())).unwrap();
+        assert_eq!(out.got, b"aaaabbbbcccc");
+        assert_eq!(counts, [2, 1]);
+        merges.clear();
+        assert_eq!(Rc::strong_count(&merged), 3);
+    }
+
+    #[test]
+    fn merging_spares_a_half_written_head_and_stops_at_its_limits() {
+        let mut merges = Merges::new(10);
+        let mut q = OutQueue::default();
+        q.push_merged(&tick(1, 1, b'a'), 1000, &mut merges);
+        let mut out = Sink {
+            room: 2,
+            got: vec![],
+        };
+        assert_eq!(q.flush(&mut out, |_| {}).unwrap().0, Flushed::Blocked);
+        // The head is half written: the next update queues behind it.
+        assert_eq!(
+            q.push_merged(&tick(1, 2, b'b'), 1000, &mut merges),
+            Pushed::Queued
+        );
+        // 4 + 4 bytes fit in 10; a third 4 would not.
+        assert_eq!(
+            q.push_merged(&tick(1, 3, b'c'), 1000, &mut merges),
+            Pushed::Merged
+        );
+        assert_eq!(
+            q.push_merged(&tick(1, 4, b'd'), 1000, &mut merges),
+            Pushed::Queued
+        );
+        out.room = 100;
+        q.flush(&mut out, |_| {}).unwrap();
+        assert_eq!(out.got, b"aaaabbbbccccdddd");
+        // No more than MAX_MERGES copies between two clears.
+        let mut merges = Merges::new(1024);
+        let mut merged = 0;
+        for i in 0..(MAX_MERGES as u64 + 4) {
+            let mut q = OutQueue::default();
+            q.push_merged(&tick(1, 1, i as u8), 1000, &mut merges);
+            if q.push_merged(&tick(1, 2, b'z'), 1000, &mut merges) == Pushed::Merged {
+                merged += 1;
+            }
+        }
+        assert_eq!(merged, MAX_MERGES);
     }
 
     #[test]

@@ -118,6 +118,9 @@ pub struct Conn {
     /// Since when the socket has taken no bytes while frames wait (ms;
     /// non-zero so the option costs no tag).
     pub stalled_since_ms: Option<std::num::NonZeroU64>,
+    /// The refresh round of the write pass under way whose updates this
+    /// connection already has (0: none; see [`crate::worker::refresh`]).
+    pub pulled: u16,
     /// In the worker's dirty list this turn.
     pub dirty: bool,
     /// The socket returned WouldBlock: wait for a writable event.
@@ -149,6 +152,7 @@ impl Conn {
             last_rx_ms: now_ms,
             last_ping_ms: now_ms,
             stalled_since_ms: None,
+            pulled: 0,
             dirty: false,
             write_blocked: false,
             read_pending: false,

@@ -5,11 +5,14 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use slab::Slab;
+
 use crate::channel::ChannelId;
 use crate::ring::ToWorker;
 use crate::worker::Worker;
 use crate::worker::coalesce::Coalescer;
-use crate::worker::conflate::{EntryRef, Pushed};
+use crate::worker::conflate::{EntryRef, Merges, Pushed};
+use crate::worker::conn::Conn;
 use crate::worker::output;
 use crate::worker::timers;
 
@@ -166,13 +169,19 @@ impl Worker {
         }
         self.link.consumed(taken);
         self.fan_out_coalesced();
+        self.close_cut();
+        updates
+    }
+
+    /// Closes the connections a delivery found dead and cuts the consumers
+    /// it found a budget behind on a never-conflating channel.
+    pub(crate) fn close_cut(&mut self) {
         for slot in std::mem::take(&mut self.dead) {
             self.close(slot);
         }
         for (slot, class) in std::mem::take(&mut self.slow) {
             self.cut_slow_consumer(slot, class);
         }
-        updates
     }
 
     /// A consumer of a class that never conflates fell a budget behind:
@@ -206,7 +215,7 @@ impl Worker {
         dirty.mark(conn, slot);
     }
 
-    fn fan_out_coalesced(&mut self) {
+    pub(crate) fn fan_out_coalesced(&mut self) {
         if self.coalescer.is_empty() {
             return;
         }
@@ -218,15 +227,20 @@ impl Worker {
     }
 
     /// Queues an entry (one or more updates of a channel) for every
-    /// subscriber of its channel on this worker: an `Rc` bump each.
+    /// subscriber of its channel on this worker: an `Rc` bump each, or a
+    /// merge into the channel's entry still waiting at the queue's end.
     fn fan_out(&mut self, f: EntryRef) {
-        let budget = self.config.outbound_budget;
-        let on_block = self.config.conflate_on_block;
-        let keep = self
-            .keep_all
-            .get(f.channel.index())
-            .copied()
-            .unwrap_or(false);
+        let (mut sink, index, conns) = self.sink();
+        let keep = sink.keeps_all(f.channel);
+        for &slot in index.subscribers(f.channel) {
+            sink.deliver(&mut conns[slot as usize], slot, &f, keep);
+        }
+        sink.merges.clear();
+    }
+
+    /// What delivering to a connection needs, split from the index and the
+    /// connections it walks.
+    pub(crate) fn sink(&mut self) -> (Sink<'_>, &SubscriberIndex, &mut Slab<Conn>) {
         let Worker {
             index,
             conns,
@@ -236,36 +250,84 @@ impl Worker {
             now_ms,
             slow,
             class_of,
+            merges,
+            config,
+            keep_all,
             ..
         } = self;
-        for &slot in index.subscribers(f.channel) {
-            let conn = &mut conns[slot as usize];
-            // A burst larger than the budget within one turn is not a slow
-            // consumer: write first, conflate only if the socket cannot take it.
-            if conn.out.queued_bytes() + f.bytes.len() > budget
-                && !conn.write_blocked
-                && output::write_out(conn, stats, *now_ms, on_block).is_err()
-            {
-                // Closed after the loop; marked so nothing more is written.
-                conn.write_blocked = true;
-                dead.push(slot);
-            }
-            if keep {
-                // Never conflated: a consumer a budget behind is closed
-                // (after the drain) and resumes from history.
-                if conn.out.queued_bytes() + f.bytes.len() > budget {
-                    if !conn.phase.is_ending() {
-                        let class = class_of.get(f.channel.index()).copied().unwrap_or(0);
-                        slow.push((slot, class));
-                    }
-                } else {
-                    conn.out.push_replay(Rc::clone(&f));
-                }
-            } else if conn.out.push_update(Rc::clone(&f), budget) == Pushed::Conflated {
-                stats.counters.conflated += 1;
-            }
-            dirty.mark(conn, slot);
+        let sink = Sink {
+            budget: config.outbound_budget,
+            on_block: config.conflate_on_block,
+            now_ms: *now_ms,
+            stats,
+            dirty,
+            dead,
+            slow,
+            class_of,
+            keep_all,
+            merges,
+        };
+        (sink, index, conns)
+    }
+}
+
+/// Delivery to one connection's queue, with what a full budget means:
+/// write first, then conflate, or for a never-conflating channel cut the
+/// consumer (after the drain, through `dead` and `slow`).
+pub(crate) struct Sink<'a> {
+    budget: usize,
+    on_block: bool,
+    now_ms: u64,
+    pub stats: &'a mut output::LocalStats,
+    pub dirty: &'a mut output::DirtyList,
+    dead: &'a mut Vec<u32>,
+    slow: &'a mut Vec<(u32, u16)>,
+    class_of: &'a [u16],
+    keep_all: &'a [bool],
+    pub merges: &'a mut Merges,
+}
+
+impl Sink<'_> {
+    /// Whether `channel`'s class never conflates.
+    #[inline]
+    pub fn keeps_all(&self, channel: ChannelId) -> bool {
+        self.keep_all.get(channel.index()).copied().unwrap_or(false)
+    }
+
+    /// Queues `f` for `conn` (in `slot`) and lists it dirty. `keep`: the
+    /// channel never conflates.
+    #[inline]
+    pub fn deliver(&mut self, conn: &mut Conn, slot: u32, f: &EntryRef, keep: bool) {
+        let budget = self.budget;
+        // A burst larger than the budget within one turn is not a slow
+        // consumer: write first, conflate only if the socket cannot take it.
+        if conn.out.queued_bytes() + f.bytes.len() > budget
+            && !conn.write_blocked
+            && output::write_out(conn, self.stats, self.now_ms, self.on_block).is_err()
+        {
+            // Closed after the loop; marked so nothing more is written.
+            conn.write_blocked = true;
+            self.dead.push(slot);
         }
+        if keep {
+            // Never conflated: a consumer a budget behind is closed
+            // (after the drain) and resumes from history.
+            if conn.out.queued_bytes() + f.bytes.len() > budget {
+                if !conn.phase.is_ending() {
+                    let class = self.class_of.get(f.channel.index()).copied().unwrap_or(0);
+                    self.slow.push((slot, class));
+                }
+            } else {
+                conn.out.push_replay(Rc::clone(f));
+            }
+        } else {
+            match conn.out.push_merged(f, budget, self.merges) {
+                Pushed::Conflated => self.stats.counters.conflated += 1,
+                Pushed::Merged => self.stats.counters.merged += 1,
+                Pushed::Queued => {}
+            }
+        }
+        self.dirty.mark(conn, slot);
     }
 }
 

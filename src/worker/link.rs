@@ -140,6 +140,12 @@ impl IngestLink {
         self.from_ingest.pop().ok()
     }
 
+    /// Whether the next message on the ring is an update.
+    #[inline]
+    pub fn next_is_update(&self) -> bool {
+        matches!(self.from_ingest.peek(), Ok(ToWorker::Update(_)))
+    }
+
     /// Whether nothing waits on the inbound ring.
     pub fn ring_is_empty(&self) -> bool {
         self.from_ingest.is_empty()

@@ -24,6 +24,7 @@ pub mod guard;
 pub mod input;
 pub mod link;
 pub mod output;
+pub mod refresh;
 pub mod requests;
 pub mod stream;
 pub mod subscriptions;
@@ -50,7 +51,7 @@ use crate::ring::{Doorbell, RingBytes, ToIngest, ToWorker};
 
 use accept::{AcceptState, Acceptor};
 use coalesce::Coalescer;
-use conflate::{Entry, EntryRef};
+use conflate::{Entry, EntryRef, Merges};
 use conn::Conn;
 use fanout::SubscriberIndex;
 use input::OwnedEvent;
@@ -128,6 +129,10 @@ pub struct Worker {
     index: SubscriberIndex,
     dirty: DirtyList,
     coalescer: Coalescer,
+    /// Merged entries of the fan-out under way (reused, never shrunk).
+    merges: Merges,
+    /// Updates taken off the ring during the write pass under way.
+    fresh: refresh::Fresh,
     stats: LocalStats,
     metrics: Arc<Metrics>,
     config: Arc<Config>,
@@ -194,6 +199,8 @@ impl Worker {
             coalescer: Coalescer::new(
                 (p.config.outbound_budget / 8).min(coalesce::MAX_BATCH_BYTES),
             ),
+            merges: Merges::new((p.config.outbound_budget / 8).min(coalesce::MAX_BATCH_BYTES)),
+            fresh: refresh::Fresh::default(),
             stats: LocalStats::default(),
             metrics: p.metrics,
             pages: Pages {

@@ -199,10 +199,9 @@ fn write_stream<W: std::io::Write>(
 pub const REFRESH_EVERY: usize = 64;
 /// Least time between two refreshes of a pass. A tick that arrives while a
 /// pass is under way reaches the connections the pass has not written yet
-/// within about this long, instead of waiting for the whole next pass. Each
-/// refresh that finds updates costs every subscriber one more queue entry
-/// and iovec: refreshing every 64 writes cost the top steps more than it
-/// gave (perf/DEFAULTS.md).
+/// within about this long, instead of waiting for the whole next pass.
+/// Refreshing every 64 writes cost the top steps more than it gave
+/// (perf/DEFAULTS.md).
 pub const REFRESH_GAP_NS: u64 = 1_000_000;
 
 /// What a write pass did.
@@ -224,7 +223,8 @@ impl Worker {
     /// A write pass. With `refresh`, once [`REFRESH_GAP_NS`] has passed
     /// (looked at every [`REFRESH_EVERY`] writes) it takes what arrived
     /// meanwhile off the ring: the connections not yet written get it in
-    /// this pass; those already written are listed for the next.
+    /// this pass; those already written are listed for the next (see
+    /// [`crate::worker::refresh`]).
     pub(crate) fn write_pass(&mut self, refresh: bool) -> Pass {
         let mut list =
             std::mem::replace(&mut self.dirty.slots, std::mem::take(&mut self.dirty.spare));
@@ -237,6 +237,11 @@ impl Worker {
             if !conn.dirty {
                 continue;
             }
+            if !conn.write_blocked && !self.fresh.is_empty() {
+                // Still listed dirty: what it pulls marks nothing.
+                self.pull_fresh(slot);
+            }
+            let conn = &mut self.conns[slot as usize];
             conn.dirty = false;
             if !conn.write_blocked {
                 self.flush(slot);
@@ -252,20 +257,8 @@ impl Worker {
         }
         list.clear();
         self.dirty.spare = list;
+        self.hand_out_fresh();
         pass
-    }
-
-    /// Fresh updates during a pass: the ingest loop's input when this worker
-    /// drives it, then the ring. Returns the updates taken.
-    fn refresh(&mut self) -> u64 {
-        if self.state != super::RunState::Serving {
-            return 0;
-        }
-        self.run_ingest(true);
-        if self.link.ring_is_empty() {
-            return 0;
-        }
-        self.drain_ring()
     }
 
     pub(crate) fn flush(&mut self, slot: u32) {

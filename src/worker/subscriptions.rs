@@ -116,6 +116,15 @@ impl<R> Subscriptions<R> {
         })
     }
 
+    /// The id of the `i`th subscription if it is active.
+    #[inline]
+    pub fn active_at(&self, i: usize) -> Option<ChannelId> {
+        match self.by_name.get(i)?.1 {
+            Sub::Active(id) => Some(id),
+            Sub::Pending => None,
+        }
+    }
+
     /// The names (pending or active) that fail `keep`.
     pub fn names_failing(&self, keep: impl Fn(&str) -> bool) -> Vec<Box<str>> {
         self.by_name

@@ -3,6 +3,7 @@
 //! WebSocket client (tungstenite) or raw sockets.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -178,30 +179,36 @@ impl Feed {
         self.stream.write_all(b"\n").unwrap();
     }
 
-    /// Sends ticks 1 to `ticks` of `ch` ([`tick`]) in writes of `burst`
-    /// lines, sleeping `every` after each write, then one more tick whose
-    /// data has `"last": true`; returns its number.
+    /// Sends `ticks` ticks ([`tick`]), each to the next of `chs` in turn,
+    /// in writes of `burst` lines, sleeping `every` after each write, then
+    /// one more tick on each channel whose data has `"last": true`. Returns
+    /// each channel's tick count (its last seq on a fresh engine).
     pub fn send_bursts_then_last(
         &mut self,
-        ch: &str,
+        chs: &[&str],
         burst: u64,
         every: Duration,
         ticks: u64,
-    ) -> u64 {
+    ) -> BTreeMap<String, u64> {
         let mut sent = 0u64;
+        let mut counts: BTreeMap<String, u64> = chs.iter().map(|c| (c.to_string(), 0)).collect();
         while sent < ticks {
             let mut batch = String::new();
             for _ in 0..burst {
+                let ch = chs[(sent % chs.len() as u64) as usize];
                 sent += 1;
+                *counts.get_mut(ch).unwrap() += 1;
                 batch.push_str(&tick(ch, sent));
                 batch.push('\n');
             }
             self.send_raw(batch.as_bytes());
             std::thread::sleep(every);
         }
-        sent += 1;
-        self.send(&format!(r#"{{"ch":"{ch}","i":{sent},"last":true}}"#));
-        sent
+        for (ch, n) in counts.iter_mut() {
+            *n += 1;
+            self.send(&format!(r#"{{"ch":"{ch}","i":{n},"last":true}}"#));
+        }
+        counts
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
@@ -265,20 +272,32 @@ impl Client {
         self.ws.send(Message::text(t.to_string())).unwrap();
     }
 
-    /// Next JSON text message (pings are answered by tungstenite).
     /// Reads updates, checking that seqs only rise, until one whose data
     /// has `"last": true`; returns its seq.
     pub fn read_until_last(&mut self) -> u64 {
-        let mut last = 0;
-        loop {
+        let seen = self.read_until_lasts(1);
+        *seen.lasts.values().next().unwrap()
+    }
+
+    /// Reads updates, checking that each channel's seqs only rise, until
+    /// `channels` channels each sent one whose data has `"last": true`.
+    pub fn read_until_lasts(&mut self, channels: usize) -> Seen {
+        let mut newest: BTreeMap<String, u64> = BTreeMap::new();
+        let mut seen = Seen::default();
+        while seen.lasts.len() < channels {
             let v = self.recv();
             let seq = v["seq"].as_u64().expect("an update");
-            assert!(seq > last, "seq went from {last} to {seq}");
-            last = seq;
+            let ch = v["ch"].as_str().expect("a channel").to_string();
+            let prev = newest.insert(ch.clone(), seq);
+            if let Some(prev) = prev {
+                assert!(seq > prev, "{ch}: seq went from {prev} to {seq}");
+                seen.skipped += seq - prev - 1;
+            }
             if v["data"]["last"].as_bool() == Some(true) {
-                return last;
+                seen.lasts.insert(ch, seq);
             }
         }
+        seen
     }
 
     pub fn recv(&mut self) -> Value {
@@ -347,28 +366,42 @@ pub fn notify_class_config(tag: &str) -> (std::path::PathBuf, std::path::PathBuf
 pub fn spawn_readers(
     listen: SocketAddr,
     n: usize,
-    ch: &str,
+    chs: &[&str],
     timeout: Duration,
-) -> Vec<std::thread::JoinHandle<u64>> {
+) -> Vec<std::thread::JoinHandle<Seen>> {
     (0..n)
         .map(|_| {
             let mut c = Client::connect(listen);
             c.set_timeout(timeout);
-            c.subscribe(&[ch]);
-            std::thread::spawn(move || c.read_until_last())
+            c.subscribe(chs);
+            let channels = chs.len();
+            std::thread::spawn(move || c.read_until_lasts(channels))
         })
         .collect()
 }
 
-/// Joins [`spawn_readers`]'s readers: every one must have ended on `last`.
-pub fn join_readers(readers: Vec<std::thread::JoinHandle<u64>>, last: u64) {
+/// Joins [`spawn_readers`]'s readers: every one must have ended each
+/// channel on its last tick. Returns the seqs they skipped in all.
+pub fn join_readers(
+    readers: Vec<std::thread::JoinHandle<Seen>>,
+    lasts: &BTreeMap<String, u64>,
+) -> u64 {
+    let mut skipped = 0;
     for r in readers {
-        assert_eq!(
-            r.join().unwrap(),
-            last,
-            "every client ends on the last tick"
-        );
+        let seen = r.join().unwrap();
+        assert_eq!(&seen.lasts, lasts, "every client ends on the last ticks");
+        skipped += seen.skipped;
     }
+    skipped
+}
+
+/// What a reader saw until every channel's last tick.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Channel → seq of its last tick.
+    pub lasts: BTreeMap<String, u64>,
+    /// Seqs skipped between updates received (conflation).
+    pub skipped: u64,
 }
 
 pub fn tick(ch: &str, i: u64) -> String {
