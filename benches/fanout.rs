@@ -3,7 +3,8 @@
 //! one gathered write per connection), against a fake writer that accepts
 //! everything, so the syscall is mocked out and only the engine's work is timed.
 //! The coalesced cases add per-turn coalescing, as the worker does it, for
-//! WebSocket subscribers and for SSE ones (framed for HTTP at write time).
+//! WebSocket subscribers and for SSE ones (framed for HTTP at write time);
+//! the merged cases push as the worker does since queue entries merge.
 
 use std::hint::black_box;
 use std::io::{self, IoSlice, Write};
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tickwire::channel::ChannelId;
 use tickwire::worker::coalesce::Coalescer;
-use tickwire::worker::conflate::{Entry, OutQueue};
+use tickwire::worker::conflate::{Entry, Merges, OutQueue};
 
 /// Takes every byte of every iovec, like a socket with room.
 struct Sink(u64);
@@ -63,6 +64,39 @@ fn bench(c: &mut Criterion) {
                     let mut delivered = 0u64;
                     for q in queues.iter_mut() {
                         q.flush(&mut sink, |_| delivered += 1).unwrap();
+                    }
+                    black_box(delivered)
+                })
+            },
+        );
+    }
+    // The worker's push since queue entries merge (`OutQueue::push_merged`):
+    // with one frame per write the tail check is the whole difference; with
+    // eight frames pushed one by one before a write (a blocked socket, a
+    // pass refresh), each joins the queue's tail, one copy per frame shared
+    // by every queue, and the write carries one buffer.
+    for per_turn in [1usize, 8] {
+        g.throughput(Throughput::Elements((SUBSCRIBERS * per_turn) as u64));
+        g.bench_function(
+            format!("1000_subscribers_{per_turn}_frames_per_write_merged"),
+            |b| {
+                let mut queues: Vec<OutQueue> =
+                    (0..SUBSCRIBERS).map(|_| OutQueue::default()).collect();
+                let mut merges = Merges::new(32 * 1024);
+                let mut sink = Sink(0);
+                let mut seq = 0;
+                b.iter(|| {
+                    for _ in 0..per_turn {
+                        seq += 1;
+                        let f = Entry::update(Bytes::clone(&frame), ChannelId(0), seq, 0);
+                        for q in queues.iter_mut() {
+                            q.push_merged(&f, 256 * 1024, &mut merges);
+                        }
+                        merges.clear();
+                    }
+                    let mut delivered = 0u64;
+                    for q in queues.iter_mut() {
+                        q.flush(&mut sink, |f| delivered += f.count()).unwrap();
                     }
                     black_box(delivered)
                 })
