@@ -43,65 +43,47 @@ fn bench(c: &mut Criterion) {
         br#"{"ch":"AAPL","bid":189.25,"ask":189.27,"bid_size":300,"ask_size":500}"#,
     );
     let mut g = c.benchmark_group("fanout");
-    for per_turn in [1usize, 8] {
-        // One element = one delivery (a frame written to one subscriber).
-        g.throughput(Throughput::Elements((SUBSCRIBERS * per_turn) as u64));
-        g.bench_function(
-            format!("1000_subscribers_{per_turn}_frames_per_write"),
-            |b| {
-                let mut queues: Vec<OutQueue> =
-                    (0..SUBSCRIBERS).map(|_| OutQueue::default()).collect();
-                let mut sink = Sink(0);
-                let mut seq = 0;
-                b.iter(|| {
-                    for _ in 0..per_turn {
-                        seq += 1;
-                        let f = Entry::update(Bytes::clone(&frame), ChannelId(0), seq, 0);
-                        for q in queues.iter_mut() {
-                            q.push_update(Rc::clone(&f), 256 * 1024);
+    // Plain pushes, then the workers' push since queue entries merge
+    // (`OutQueue::push_merged`): with one frame per write the tail check is
+    // the whole difference; with eight frames pushed one by one before a
+    // write (a blocked socket, a pass refresh), each joins the queue's
+    // tail, one copy per frame shared by every queue, and the write carries
+    // one buffer.
+    for merged in [false, true] {
+        for per_turn in [1usize, 8] {
+            // One element = one delivery (a frame written to one subscriber).
+            g.throughput(Throughput::Elements((SUBSCRIBERS * per_turn) as u64));
+            let suffix = if merged { "_merged" } else { "" };
+            g.bench_function(
+                format!("1000_subscribers_{per_turn}_frames_per_write{suffix}"),
+                |b| {
+                    let mut queues: Vec<OutQueue> =
+                        (0..SUBSCRIBERS).map(|_| OutQueue::default()).collect();
+                    let mut merges = Merges::new(32 * 1024);
+                    let mut sink = Sink(0);
+                    let mut seq = 0;
+                    b.iter(|| {
+                        for _ in 0..per_turn {
+                            seq += 1;
+                            let f = Entry::update(Bytes::clone(&frame), ChannelId(0), seq, 0);
+                            for q in queues.iter_mut() {
+                                if merged {
+                                    q.push_merged(&f, 256 * 1024, &mut merges);
+                                } else {
+                                    q.push_update(Rc::clone(&f), 256 * 1024);
+                                }
+                            }
+                            merges.clear();
                         }
-                    }
-                    let mut delivered = 0u64;
-                    for q in queues.iter_mut() {
-                        q.flush(&mut sink, |_| delivered += 1).unwrap();
-                    }
-                    black_box(delivered)
-                })
-            },
-        );
-    }
-    // The worker's push since queue entries merge (`OutQueue::push_merged`):
-    // with one frame per write the tail check is the whole difference; with
-    // eight frames pushed one by one before a write (a blocked socket, a
-    // pass refresh), each joins the queue's tail, one copy per frame shared
-    // by every queue, and the write carries one buffer.
-    for per_turn in [1usize, 8] {
-        g.throughput(Throughput::Elements((SUBSCRIBERS * per_turn) as u64));
-        g.bench_function(
-            format!("1000_subscribers_{per_turn}_frames_per_write_merged"),
-            |b| {
-                let mut queues: Vec<OutQueue> =
-                    (0..SUBSCRIBERS).map(|_| OutQueue::default()).collect();
-                let mut merges = Merges::new(32 * 1024);
-                let mut sink = Sink(0);
-                let mut seq = 0;
-                b.iter(|| {
-                    for _ in 0..per_turn {
-                        seq += 1;
-                        let f = Entry::update(Bytes::clone(&frame), ChannelId(0), seq, 0);
+                        let mut delivered = 0u64;
                         for q in queues.iter_mut() {
-                            q.push_merged(&f, 256 * 1024, &mut merges);
+                            q.flush(&mut sink, |f| delivered += f.count()).unwrap();
                         }
-                        merges.clear();
-                    }
-                    let mut delivered = 0u64;
-                    for q in queues.iter_mut() {
-                        q.flush(&mut sink, |f| delivered += f.count()).unwrap();
-                    }
-                    black_box(delivered)
-                })
-            },
-        );
+                        black_box(delivered)
+                    })
+                },
+            );
+        }
     }
     // The worker's path: a turn's 8 updates of the channel packed into one
     // buffer (`Coalescer`, once per turn), one `Rc` bump per subscriber.
