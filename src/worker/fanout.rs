@@ -215,7 +215,7 @@ impl Worker {
         dirty.mark(conn, slot);
     }
 
-    pub(crate) fn fan_out_coalesced(&mut self) {
+    fn fan_out_coalesced(&mut self) {
         if self.coalescer.is_empty() {
             return;
         }
@@ -278,8 +278,8 @@ pub(crate) struct Sink<'a> {
     budget: usize,
     on_block: bool,
     now_ms: u64,
-    pub stats: &'a mut output::LocalStats,
-    pub dirty: &'a mut output::DirtyList,
+    stats: &'a mut output::LocalStats,
+    dirty: &'a mut output::DirtyList,
     dead: &'a mut Vec<u32>,
     slow: &'a mut Vec<(u32, u16)>,
     class_of: &'a [u16],
