@@ -90,8 +90,9 @@ pub struct Guard {
     pub auth: ConnAuth,
     /// Messages per second.
     pub bucket: MessageBucket,
-    /// On `/sse` or `/poll`: how its frames are written for HTTP.
-    pub stream: Option<crate::worker::stream::HttpStream>,
+    /// On `/sse` or `/poll`: how its frames are written for HTTP. Boxed
+    /// apart: a WebSocket client's guard would otherwise carry its 80 bytes.
+    pub stream: Option<Box<crate::worker::stream::HttpStream>>,
 }
 
 /// One connection. Kept small: an idle connection costs its socket, this
@@ -176,7 +177,7 @@ impl Conn {
 
     /// The SSE or long-poll stream, if the client is on one.
     pub fn stream(&self) -> Option<&crate::worker::stream::HttpStream> {
-        self.guard.as_ref()?.stream.as_ref()
+        self.guard.as_ref()?.stream.as_deref()
     }
 
     /// Authentication state (`Off` without a guard).
@@ -207,5 +208,10 @@ mod tests {
         let size = std::mem::size_of::<Conn>();
         eprintln!("Conn is {size} bytes");
         assert!(size <= 200, "Conn grew to {size} bytes");
+        // Most upgraded clients carry a guard (per-address limit, message
+        // allowance): its malloc chunk counts as much as the struct.
+        let guard = std::mem::size_of::<Guard>();
+        eprintln!("Guard is {guard} bytes");
+        assert!(guard <= 80, "Guard grew to {guard} bytes");
     }
 }

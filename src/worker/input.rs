@@ -383,13 +383,13 @@ impl Worker {
                         .timeout_s
                         .map_or(max_ms, |t| t.saturating_mul(1000).min(max_ms));
                     conn.guard.get_or_insert_with(Box::default).stream =
-                        Some(crate::worker::stream::HttpStream::new(
+                        Some(Box::new(crate::worker::stream::HttpStream::new(
                             q.kind,
                             &q.channels,
                             &q.since,
                             now_ms.saturating_add(wait_ms),
                             q.close,
-                        ));
+                        )));
                     conn.phase = Phase::Open;
                     conn.last_ping_ms = *now_ms;
                     events.push(OwnedEvent::Subscribe(q.channels, since));

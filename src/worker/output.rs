@@ -122,7 +122,11 @@ pub fn write_out(
             }
         }
     };
-    let result = match conn.guard.as_deref_mut().and_then(|g| g.stream.as_mut()) {
+    let result = match conn
+        .guard
+        .as_deref_mut()
+        .and_then(|g| g.stream.as_deref_mut())
+    {
         None => conn.out.flush(&mut conn.transport, sent),
         Some(s) => write_stream(s, &mut conn.out, &mut conn.transport, sent),
     };

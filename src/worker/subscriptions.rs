@@ -79,7 +79,14 @@ impl<R> Subscriptions<R> {
     pub fn set(&mut self, name: &str, sub: Sub) {
         match self.find(name) {
             Ok(i) => self.by_name[i].1 = sub,
-            Err(i) => self.by_name.insert(i, (name.into(), sub)),
+            Err(i) => {
+                // Most clients hold one channel: room for one, not Vec's
+                // first four (72 bytes an idle connection would carry).
+                if self.by_name.capacity() == 0 {
+                    self.by_name.reserve_exact(1);
+                }
+                self.by_name.insert(i, (name.into(), sub))
+            }
         }
         self.check_invariants();
     }
@@ -203,6 +210,18 @@ impl<R> Subscriptions<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_channel_allocates_room_for_one() {
+        // Idle-connection memory (S5): one subscription, one entry's room.
+        let mut s = Subscriptions::<u8>::default();
+        s.set("idle", Sub::Pending);
+        assert_eq!(s.by_name.capacity(), 1);
+        s.set("idle", Sub::Active(ChannelId(0)));
+        assert_eq!(s.by_name.capacity(), 1);
+        s.set("more", Sub::Pending);
+        assert_eq!(s.len(), 2);
+    }
 
     #[test]
     fn pending_then_active_and_removal() {
