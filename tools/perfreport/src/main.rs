@@ -294,7 +294,7 @@ fn render_markdown(
         );
         let rs = results_for(run, s);
         match s {
-            "S2" => table_s2(&mut md, &rs),
+            "S2" | "S2-lg1" => table_s2(&mut md, &rs),
             "S7" => table_s7(&mut md, &rs),
             "S5" => table_s5(&mut md, &rs),
             _ => table_fanout(&mut md, &rs, s == "S4"),
@@ -305,10 +305,7 @@ fn render_markdown(
             }
         }
         md.push('\n');
-        for fig in figs
-            .iter()
-            .filter(|x| x.contains(&format!("_{s}")) || x.starts_with(&s.to_lowercase()))
-        {
+        for fig in figs.iter().filter(|x| figure_of(x) == Some(s)) {
             let _ = writeln!(md, "![{fig}]({plots}/{fig})\n");
         }
     }
@@ -320,11 +317,28 @@ fn render_markdown(
     md
 }
 
+/// The scenario a plot belongs to, from its file name: `latency_S2.svg`,
+/// `s2-lg1_cpu.svg`, `s5_rss.svg`.
+fn figure_of(file: &str) -> Option<&'static str> {
+    let stem = file.strip_suffix(".svg")?;
+    let scen = stem
+        .strip_prefix("latency_")
+        .or_else(|| stem.rsplit_once('_').map(|(s, _)| s))?;
+    SCENARIOS
+        .iter()
+        .copied()
+        .find(|s| s.eq_ignore_ascii_case(scen))
+}
+
+/// Every scenario perf/run knows.
+const SCENARIOS: [&str; 8] = ["S1", "S2", "S2-lg1", "S3", "S4", "S5", "S6", "S7"];
+
 /// One line per engine with the headline figure of each scenario.
 /// Summary columns: scenario and heading.
-const SUMMARY_COLUMNS: [(&str, &str); 6] = [
+const SUMMARY_COLUMNS: [(&str, &str); 7] = [
     ("S1", "S1 p99 / CPU µs per deliv."),
     ("S2", "S2 max sustained delivered/s"),
+    ("S2-lg1", "S2-lg1 max sustained delivered/s"),
     ("S3", "S3 delivered/s"),
     ("S4", "S4 fast-client p99"),
     ("S5", "S5 KiB per idle conn."),
@@ -356,7 +370,7 @@ fn summary_cell(run: &Value, engine: &str, scen: &str) -> String {
             fmt_us(lat(r, "p99")),
             fmt_num(f(&r["server"]["cpu_us_per_delivery"]), 2)
         ),
-        ("S2", Some(r)) => match best_step(r) {
+        ("S2" | "S2-lg1", Some(r)) => match best_step(r) {
             Some(b) => format!(
                 "{} (p99 {})",
                 fmt_rate(f(&b["delivered_per_sec"])),
@@ -469,11 +483,18 @@ fn describe(s: &str, p: &Value) -> String {
             "{n} connections all subscribed to one channel, {} ticks/s, {d} s measured.",
             fmt_int(&p["rate"])
         ),
-        "S2" => format!(
-            "{n} connections on one channel; the tick rate is stepped up ({} ticks/s, {d} s \
+        "S2" | "S2-lg1" => format!(
+            "{}{n} connections on one channel; the tick rate is stepped up ({} ticks/s, {d} s \
              each) until delivery falls below {}% of offered, p99 exceeds 10× the first \
              step's (and 50 ms), or clients are disconnected; a failing step is tried twice. \
-             The table shows the highest sustained step.",
+             The first table shows the highest sustained step, the second every step beside \
+             the baseline's.",
+            if s == "S2-lg1" {
+                "S2 again with the load generator at one thread (`loadgen --threads 1`): one \
+                 epoll thread sharing the cores shows latency that more threads hide. "
+            } else {
+                ""
+            },
             p["steps"]
                 .as_array()
                 .map(|a| a.iter().map(fmt_int).collect::<Vec<_>>().join(", "))
@@ -712,6 +733,7 @@ fn table_s2(md: &mut String, rs: &[&Value]) {
         );
     }
     md.push('\n');
+    steps_beside_baseline(md, rs);
     let _ = writeln!(
         md,
         "<details><summary>All steps</summary>\n\n| engine | ticks/s | offered/s | delivered/s \
@@ -744,6 +766,85 @@ fn table_s2(md: &mut String, rs: &[&Value]) {
         }
     }
     let _ = writeln!(md, "\n</details>\n");
+}
+
+/// Every step's p99 and CPU per delivery, each engine beside the baseline at
+/// the same tick rate (the ratio: baseline = 1.00×): whether an engine is at
+/// or below the baseline at every step, not only at its best.
+fn steps_beside_baseline(md: &mut String, rs: &[&Value]) {
+    let Some(base) = rs.iter().find(|r| r["engine"] == "baseline") else {
+        return;
+    };
+    let others: Vec<&&Value> = rs.iter().filter(|r| r["engine"] != "baseline").collect();
+    if others.is_empty() {
+        return;
+    }
+    let step_at = |r: &Value, rate: &Value| -> Option<Value> {
+        r["steps"]
+            .as_array()?
+            .iter()
+            .find(|s| s["rate"] == *rate)
+            .cloned()
+    };
+    let mut rates: Vec<Value> = Vec::new();
+    for r in rs {
+        for s in r["steps"].as_array().into_iter().flatten() {
+            if !rates.contains(&s["rate"]) {
+                rates.push(s["rate"].clone());
+            }
+        }
+    }
+    rates.sort_by(|a, b| f(a).partial_cmp(&f(b)).unwrap_or(std::cmp::Ordering::Equal));
+    let mut head = vec![
+        "ticks/s".to_string(),
+        "**baseline** p99 / CPU µs".to_string(),
+    ];
+    head.extend(others.iter().map(|r| {
+        format!(
+            "**{}** p99 / CPU µs (× baseline)",
+            r["engine"].as_str().unwrap_or("?")
+        )
+    }));
+    let _ = writeln!(md, "| {} |", head.join(" | "));
+    let _ = writeln!(md, "|--:|{}", "--|".repeat(head.len() - 1));
+    for rate in &rates {
+        let b = step_at(base, rate);
+        let (bp, bc) = (
+            b.as_ref().and_then(|b| lat(b, "p99")),
+            b.as_ref()
+                .and_then(|b| f(&b["server"]["cpu_us_per_delivery"])),
+        );
+        let bmark = match &b {
+            Some(b) if b["sustained"] == false => " (not sustained)",
+            _ => "",
+        };
+        let mut row = vec![
+            fmt_int(rate),
+            format!("{} / {}{bmark}", fmt_us(bp), fmt_num(bc, 3)),
+        ];
+        for r in &others {
+            row.push(match step_at(r, rate) {
+                None => "–".into(),
+                Some(s) => {
+                    let (p, c) = (lat(&s, "p99"), f(&s["server"]["cpu_us_per_delivery"]));
+                    let mark = if s["sustained"] == false {
+                        " (not sustained)"
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "{} ({}) / {} ({}){mark}",
+                        fmt_us(p),
+                        ratio(p, bp),
+                        fmt_num(c, 3),
+                        ratio(c, bc)
+                    )
+                }
+            });
+        }
+        let _ = writeln!(md, "| {} |", row.join(" | "));
+    }
+    md.push('\n');
 }
 
 fn table_s5(md: &mut String, rs: &[&Value]) {
@@ -847,6 +948,51 @@ mod tests {
             md.contains("| **tickwire** | this run | 1.80 ms / 1.00 |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn s2_steps_stand_beside_the_baseline_at_each_rate() {
+        let step = |rate: u64, p99: f64, cpu: f64, ok: bool| {
+            format!(
+                r#"{{"rate":{rate},"sustained":{ok},"loadgen":{{"latency_us":{{"p99":{p99}}}}},
+                    "server":{{"cpu_us_per_delivery":{cpu}}}}}"#
+            )
+        };
+        let run: Value = serde_json::from_str(&format!(
+            r#"{{"scenarios":["S2-lg1"],"engines":["tickwire","baseline"],
+                "params":{{"S2-lg1":{{"title":"t","connections":10,"steps":[50,100]}}}},
+                "results":[
+                  {{"scenario":"S2-lg1","engine":"baseline","status":"ok","best_step":0,
+                    "steps":[{},{}]}},
+                  {{"scenario":"S2-lg1","engine":"tickwire","status":"ok","best_step":0,
+                    "steps":[{}]}}]}}"#,
+            step(50, 2000.0, 2.0, true),
+            step(100, 4000.0, 1.0, false),
+            step(50, 1000.0, 3.0, true),
+        ))
+        .unwrap();
+        let md = render_markdown(&run, Path::new("x.json"), None, "plots", &[]);
+        assert!(md.contains("## S2-lg1"), "{md}");
+        assert!(md.contains("load generator at one thread"), "{md}");
+        assert!(
+            md.contains("| 50 | 2.00 ms / 2.000 | 1.00 ms (0.50×) / 3.000 (1.50×) |"),
+            "{md}"
+        );
+        // A rate the engine did not reach, and a step the baseline did not sustain.
+        assert!(
+            md.contains("| 100 | 4.00 ms / 1.000 (not sustained) | – |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn figures_belong_to_their_own_scenario() {
+        assert_eq!(figure_of("latency_S2.svg"), Some("S2"));
+        assert_eq!(figure_of("latency_S2-lg1.svg"), Some("S2-lg1"));
+        assert_eq!(figure_of("s2_cpu.svg"), Some("S2"));
+        assert_eq!(figure_of("s2-lg1_deliveries.svg"), Some("S2-lg1"));
+        assert_eq!(figure_of("s5_rss.svg"), Some("S5"));
+        assert_eq!(figure_of("notes.txt"), None);
     }
 
     #[test]

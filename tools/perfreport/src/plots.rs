@@ -33,7 +33,7 @@ pub fn render_all(run: &Value, dir: &Path) -> Result<Vec<String>> {
             out.push(name);
         }
     }
-    for scen in ["S2", "S7"] {
+    for scen in ["S2", "S2-lg1", "S7"] {
         for cpu in [false, true] {
             if let Some(name) = steps_plot(run, dir, scen, cpu)? {
                 out.push(name);
@@ -205,10 +205,10 @@ fn steps_plot(run: &Value, dir: &Path, scen: &str, cpu: bool) -> Result<Option<S
     let root = SVGBackend::new(&path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let caption = match (by_connections, cpu) {
-        (false, true) => "S2: server CPU per delivery vs offered load",
-        (false, false) => "S2: delivered vs offered deliveries per second",
-        (true, true) => "S7: server CPU per delivery vs connections (constant offered load)",
-        (true, false) => "S7: delivered per second vs connections (constant offered load)",
+        (false, true) => format!("{scen}: server CPU per delivery vs offered load"),
+        (false, false) => format!("{scen}: delivered vs offered deliveries per second"),
+        (true, true) => "S7: server CPU per delivery vs connections (constant offered load)".into(),
+        (true, false) => "S7: delivered per second vs connections (constant offered load)".into(),
     };
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, ("sans-serif", 20))
