@@ -311,7 +311,7 @@ fn render_markdown(
     }
     let _ = writeln!(
         md,
-        "---\nRegenerate with `perf/run` (full matrix, ~25 min) or `perf/run --quick`; \
+        "---\nRegenerate with `perf/run` (full matrix, ~40 min) or `perf/run --quick`; \
          see perf/README.md."
     );
     md
@@ -768,24 +768,86 @@ fn table_s2(md: &mut String, rs: &[&Value]) {
     let _ = writeln!(md, "\n</details>\n");
 }
 
+/// An engine's name without its round: `tickwire#2` is `tickwire`.
+fn engine_name(r: &Value) -> &str {
+    r["engine_name"].as_str().unwrap_or_else(|| {
+        let label = r["engine"].as_str().unwrap_or("?");
+        label.split('#').next().unwrap_or(label)
+    })
+}
+
+/// The median of `v` (the mean of the middle two for an even count).
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// One engine's steps at one tick rate over its rounds: median p99 and CPU
+/// per delivery, the rounds that reached the rate and those that sustained it.
+struct AtRate {
+    p99: Option<f64>,
+    cpu: Option<f64>,
+    reached: usize,
+    sustained: usize,
+}
+
+fn at_rate(rounds: &[&Value], rate: &Value) -> AtRate {
+    let steps: Vec<&Value> = rounds
+        .iter()
+        .filter_map(|r| r["steps"].as_array()?.iter().find(|s| s["rate"] == *rate))
+        .collect();
+    AtRate {
+        p99: median(steps.iter().filter_map(|s| lat(s, "p99")).collect()),
+        cpu: median(
+            steps
+                .iter()
+                .filter_map(|s| f(&s["server"]["cpu_us_per_delivery"]))
+                .collect(),
+        ),
+        reached: steps.len(),
+        sustained: steps.iter().filter(|s| s["sustained"] != false).count(),
+    }
+}
+
+impl AtRate {
+    /// What sets the figures apart: rounds that stopped before the rate, or
+    /// did not sustain it.
+    fn mark(&self, rounds: usize) -> String {
+        match (rounds, self.reached, self.sustained) {
+            (1, _, 0) => " (not sustained)".into(),
+            (1, _, _) => String::new(),
+            (n, r, s) if r == n && s == n => String::new(),
+            (n, r, s) if r == s => format!(" ({r} of {n} rounds)"),
+            (n, r, s) => format!(" ({r} of {n} rounds, {s} sustained)"),
+        }
+    }
+}
+
 /// Every step's p99 and CPU per delivery, each engine beside the baseline at
 /// the same tick rate (the ratio: baseline = 1.00×): whether an engine is at
-/// or below the baseline at every step, not only at its best.
+/// or below the baseline at every step, not only at its best. With several
+/// rounds, each figure is the median over the rounds that reached the step.
 fn steps_beside_baseline(md: &mut String, rs: &[&Value]) {
-    let Some(base) = rs.iter().find(|r| r["engine"] == "baseline") else {
+    let mut engines: Vec<(&str, Vec<&Value>)> = Vec::new();
+    for r in rs {
+        let name = engine_name(r);
+        match engines.iter_mut().find(|(e, _)| *e == name) {
+            Some((_, v)) => v.push(r),
+            None => engines.push((name, vec![r])),
+        }
+    }
+    let Some(at) = engines.iter().position(|(e, _)| *e == "baseline") else {
         return;
     };
-    let others: Vec<&&Value> = rs.iter().filter(|r| r["engine"] != "baseline").collect();
-    if others.is_empty() {
+    let base = engines.remove(at).1;
+    if engines.is_empty() {
         return;
     }
-    let step_at = |r: &Value, rate: &Value| -> Option<Value> {
-        r["steps"]
-            .as_array()?
-            .iter()
-            .find(|s| s["rate"] == *rate)
-            .cloned()
-    };
     let mut rates: Vec<Value> = Vec::new();
     for r in rs {
         for s in r["steps"].as_array().into_iter().flatten() {
@@ -795,51 +857,57 @@ fn steps_beside_baseline(md: &mut String, rs: &[&Value]) {
         }
     }
     rates.sort_by(|a, b| f(a).partial_cmp(&f(b)).unwrap_or(std::cmp::Ordering::Equal));
+    let most = engines
+        .iter()
+        .map(|(_, v)| v.len())
+        .chain([base.len()])
+        .max();
+    if let Some(n) = most.filter(|&n| n > 1) {
+        let _ = writeln!(
+            md,
+            "Every step beside the baseline's: medians of the {n} rounds (of those that \
+             reached the step).\n"
+        );
+    }
     let mut head = vec![
         "ticks/s".to_string(),
         "**baseline** p99 / CPU µs".to_string(),
     ];
-    head.extend(others.iter().map(|r| {
-        format!(
-            "**{}** p99 / CPU µs (× baseline)",
-            r["engine"].as_str().unwrap_or("?")
-        )
-    }));
+    head.extend(
+        engines
+            .iter()
+            .map(|(e, _)| format!("**{e}** p99 / CPU µs (× baseline)")),
+    );
     let _ = writeln!(md, "| {} |", head.join(" | "));
     let _ = writeln!(md, "|--:|{}", "--|".repeat(head.len() - 1));
     for rate in &rates {
-        let b = step_at(base, rate);
-        let (bp, bc) = (
-            b.as_ref().and_then(|b| lat(b, "p99")),
-            b.as_ref()
-                .and_then(|b| f(&b["server"]["cpu_us_per_delivery"])),
-        );
-        let bmark = match &b {
-            Some(b) if b["sustained"] == false => " (not sustained)",
-            _ => "",
-        };
+        let b = at_rate(&base, rate);
         let mut row = vec![
             fmt_int(rate),
-            format!("{} / {}{bmark}", fmt_us(bp), fmt_num(bc, 3)),
+            if b.reached == 0 {
+                "–".into()
+            } else {
+                format!(
+                    "{} / {}{}",
+                    fmt_us(b.p99),
+                    fmt_num(b.cpu, 3),
+                    b.mark(base.len())
+                )
+            },
         ];
-        for r in &others {
-            row.push(match step_at(r, rate) {
-                None => "–".into(),
-                Some(s) => {
-                    let (p, c) = (lat(&s, "p99"), f(&s["server"]["cpu_us_per_delivery"]));
-                    let mark = if s["sustained"] == false {
-                        " (not sustained)"
-                    } else {
-                        ""
-                    };
-                    format!(
-                        "{} ({}) / {} ({}){mark}",
-                        fmt_us(p),
-                        ratio(p, bp),
-                        fmt_num(c, 3),
-                        ratio(c, bc)
-                    )
-                }
+        for (_, rounds) in &engines {
+            let a = at_rate(rounds, rate);
+            row.push(if a.reached == 0 {
+                "–".into()
+            } else {
+                format!(
+                    "{} ({}) / {} ({}){}",
+                    fmt_us(a.p99),
+                    ratio(a.p99, b.p99),
+                    fmt_num(a.cpu, 3),
+                    ratio(a.cpu, b.cpu),
+                    a.mark(rounds.len())
+                )
             });
         }
         let _ = writeln!(md, "| {} |", row.join(" | "));
@@ -983,6 +1051,55 @@ mod tests {
             md.contains("| 100 | 4.00 ms / 1.000 (not sustained) | – |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn s2_steps_of_several_rounds_give_medians() {
+        let step = |rate: u64, p99: f64, cpu: f64| {
+            format!(
+                r#"{{"rate":{rate},"sustained":true,"loadgen":{{"latency_us":{{"p99":{p99}}}}},
+                    "server":{{"cpu_us_per_delivery":{cpu}}}}}"#
+            )
+        };
+        let res = |label: &str, name: &str, steps: &[String]| {
+            format!(
+                r#"{{"scenario":"S2","engine":"{label}","engine_name":"{name}","status":"ok",
+                    "best_step":0,"steps":[{}]}}"#,
+                steps.join(",")
+            )
+        };
+        let results = [
+            res("baseline", "baseline", &[step(50, 2000.0, 2.0)]),
+            res(
+                "tickwire",
+                "tickwire",
+                &[step(50, 1000.0, 1.0), step(100, 9000.0, 9.0)],
+            ),
+            res("baseline#2", "baseline", &[step(50, 4000.0, 4.0)]),
+            res("tickwire#2", "tickwire", &[step(50, 3000.0, 3.0)]),
+            res("baseline#3", "baseline", &[step(50, 6000.0, 6.0)]),
+            res("tickwire#3", "tickwire", &[step(50, 2000.0, 2.0)]),
+        ];
+        let run: Value = serde_json::from_str(&format!(
+            r#"{{"scenarios":["S2"],"engines":["tickwire","baseline"],
+                "params":{{"S2":{{"title":"t","connections":10,"steps":[50,100]}}}},
+                "results":[{}]}}"#,
+            results.join(",")
+        ))
+        .unwrap();
+        let md = render_markdown(&run, Path::new("x.json"), None, "plots", &[]);
+        assert!(md.contains("medians of the 3 rounds"), "{md}");
+        // Baseline median 4 ms / 4 µs; tickwire median 2 ms / 2 µs.
+        assert!(
+            md.contains("| 50 | 4.00 ms / 4.000 | 2.00 ms (0.50×) / 2.000 (0.50×) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 100 | – | 9.00 ms (–) / 9.000 (–) (1 of 3 rounds) |"),
+            "{md}"
+        );
+        assert_eq!(median(vec![3.0, 1.0]), Some(2.0));
+        assert_eq!(median(vec![]), None);
     }
 
     #[test]
