@@ -1021,14 +1021,17 @@ mod tests {
         );
     }
 
+    /// One S2 step of a result, as perf/run writes it.
+    fn step_json(rate: u64, p99: f64, cpu: f64, sustained: bool) -> String {
+        format!(
+            r#"{{"rate":{rate},"sustained":{sustained},"loadgen":{{"latency_us":{{"p99":{p99}}}}},
+                "server":{{"cpu_us_per_delivery":{cpu}}}}}"#
+        )
+    }
+
     #[test]
     fn s2_steps_stand_beside_the_baseline_at_each_rate() {
-        let step = |rate: u64, p99: f64, cpu: f64, ok: bool| {
-            format!(
-                r#"{{"rate":{rate},"sustained":{ok},"loadgen":{{"latency_us":{{"p99":{p99}}}}},
-                    "server":{{"cpu_us_per_delivery":{cpu}}}}}"#
-            )
-        };
+        let step = step_json;
         let run: Value = serde_json::from_str(&format!(
             r#"{{"scenarios":["S2-lg1"],"engines":["tickwire","baseline"],
                 "params":{{"S2-lg1":{{"title":"t","connections":10,"steps":[50,100]}}}},
@@ -1058,12 +1061,7 @@ mod tests {
 
     #[test]
     fn s2_steps_of_several_rounds_give_medians() {
-        let step = |rate: u64, p99: f64, cpu: f64| {
-            format!(
-                r#"{{"rate":{rate},"sustained":true,"loadgen":{{"latency_us":{{"p99":{p99}}}}},
-                    "server":{{"cpu_us_per_delivery":{cpu}}}}}"#
-            )
-        };
+        let step = |rate, p99, cpu| step_json(rate, p99, cpu, true);
         let res = |label: &str, name: &str, steps: &[String]| {
             format!(
                 r#"{{"scenario":"S2","engine":"{label}","engine_name":"{name}","status":"ok",
