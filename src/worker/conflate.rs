@@ -87,6 +87,8 @@ impl Entry {
         newest_offset: usize,
     ) -> EntryRef {
         debug_assert!(newest_offset == 0 || newest_offset < bytes.len());
+        // OutQueue counts the written part of its head in a u32.
+        debug_assert!(u32::try_from(bytes.len()).is_ok());
         debug_assert_eq!(earlier_ingest_ns.is_empty(), newest_offset == 0);
         Rc::new(Entry {
             bytes,
@@ -261,12 +263,130 @@ pub enum Flushed {
 
 type PendingMap = HashMap<ChannelId, u64, BuildHasherDefault<IdHasher>>;
 
+/// A queue's entries, the first held inline and the rest in a ring buffer.
+/// A connection that keeps up holds one entry at a time, and its write then
+/// reads nothing outside the connection: the ring buffer is an allocation
+/// of its own, a cache miss per connection per pass (perf/DEFAULTS.md).
+#[derive(Debug, Default)]
+struct Entries {
+    first: Option<EntryRef>,
+    /// Empty whenever `first` is.
+    rest: VecDeque<EntryRef>,
+}
+
+impl Entries {
+    #[inline]
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    #[inline]
+    fn push_back(&mut self, e: EntryRef) {
+        if self.first.is_none() {
+            debug_assert!(self.rest.is_empty());
+            self.first = Some(e);
+        } else {
+            self.rest.push_back(e);
+        }
+    }
+
+    #[inline]
+    fn pop_front(&mut self) -> Option<EntryRef> {
+        let front = self.first.take()?;
+        // An empty ring buffer is not read: its length is inline.
+        self.first = self.rest.pop_front();
+        Some(front)
+    }
+
+    #[inline]
+    fn front(&self) -> Option<&EntryRef> {
+        self.first.as_ref()
+    }
+
+    #[inline]
+    fn back(&self) -> Option<&EntryRef> {
+        self.rest.back().or(self.first.as_ref())
+    }
+
+    #[inline]
+    fn back_mut(&mut self) -> Option<&mut EntryRef> {
+        if self.rest.is_empty() {
+            self.first.as_mut()
+        } else {
+            self.rest.back_mut()
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &EntryRef> {
+        self.first.iter().chain(self.rest.iter())
+    }
+
+    /// Position of the last entry that matches.
+    fn rposition(&self, mut matches: impl FnMut(&Entry) -> bool) -> Option<usize> {
+        if let Some(i) = self.rest.iter().rposition(|e| matches(e)) {
+            return Some(i + 1);
+        }
+        self.first.as_ref().filter(|e| matches(e)).map(|_| 0)
+    }
+
+    fn clear(&mut self) {
+        self.first = None;
+        self.rest.clear();
+    }
+
+    fn truncate(&mut self, len: usize) {
+        if len == 0 {
+            self.clear();
+        } else {
+            self.rest.truncate(len - 1);
+        }
+    }
+
+    /// Entries held without reallocating.
+    fn capacity(&self) -> usize {
+        1 + self.rest.capacity()
+    }
+
+    /// Frees the ring buffer (the queue must be empty).
+    fn free(&mut self) {
+        debug_assert!(self.is_empty());
+        self.rest = VecDeque::new();
+    }
+}
+
+impl std::ops::Index<usize> for Entries {
+    type Output = EntryRef;
+    #[inline]
+    fn index(&self, i: usize) -> &EntryRef {
+        match i {
+            0 => self.first.as_ref().expect("index past the queue"),
+            _ => &self.rest[i - 1],
+        }
+    }
+}
+
+impl std::ops::IndexMut<usize> for Entries {
+    #[inline]
+    fn index_mut(&mut self, i: usize) -> &mut EntryRef {
+        match i {
+            0 => self.first.as_mut().expect("index past the queue"),
+            _ => &mut self.rest[i - 1],
+        }
+    }
+}
+
 /// Outbound queue of one connection.
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    queue: VecDeque<EntryRef>,
-    /// Bytes of `queue[0]` already written.
-    head_written: usize,
+    queue: Entries,
+    /// Bytes of `queue[0]` already written (an entry is far below 4 GiB; a
+    /// u32 keeps the connection at its size with the inline first entry).
+    head_written: u32,
     /// Unwritten bytes in the queue.
     queued_bytes: usize,
     /// Frames ever removed from the front: `queue[i]` has absolute position
@@ -393,7 +513,7 @@ impl OutQueue {
     pub fn push_pong(&mut self, frame: EntryRef) {
         debug_assert!(is_pong(&frame));
         if self.pongs >= MAX_QUEUED_PONGS
-            && let Some(i) = self.queue.iter().rposition(|f| is_pong(f))
+            && let Some(i) = self.queue.rposition(is_pong)
             && (i > 0 || self.head_written == 0)
         {
             // The last pong is usually the back (a flood): O(1) then.
@@ -442,7 +562,7 @@ impl OutQueue {
         self.queued_bytes = self
             .queue
             .front()
-            .map_or(0, |f| f.bytes.len() - self.head_written);
+            .map_or(0, |f| f.bytes.len() - self.head_written as usize);
         self.control_bytes = self
             .queue
             .front()
@@ -493,25 +613,23 @@ impl OutQueue {
         mut sent: impl FnMut(&Entry),
     ) -> io::Result<(Flushed, usize)> {
         let mut total = 0;
-        while !self.queue.is_empty() {
-            let mut iov = [IoSlice::new(&[]); IOV_BATCH];
-            let mut n_iov = 0;
-            let mut batch_bytes = 0;
-            for (i, f) in self.queue.iter().take(IOV_BATCH).enumerate() {
-                let bytes = if i == 0 {
-                    &f.bytes[self.head_written..]
-                } else {
-                    &f.bytes[..]
-                };
-                iov[i] = IoSlice::new(bytes);
-                n_iov += 1;
-                batch_bytes += bytes.len();
-            }
-            // One frame due: plain write() skips the kernel's iovec import.
-            let attempt = if n_iov == 1 {
-                out.write(&iov[0])
+        while let Some(head) = self.queue.front() {
+            let head = &head.bytes[self.head_written as usize..];
+            let (attempt, batch_bytes) = if self.queue.len() == 1 {
+                // One entry due (a client that keeps up): plain write(),
+                // no iovecs to fill and none for the kernel to import.
+                (out.write(head), head.len())
             } else {
-                out.write_vectored(&iov[..n_iov])
+                let mut iov = [IoSlice::new(&[]); IOV_BATCH];
+                iov[0] = IoSlice::new(head);
+                let mut n_iov = 1;
+                let mut batch_bytes = head.len();
+                for f in self.queue.iter().skip(1).take(IOV_BATCH - 1) {
+                    iov[n_iov] = IoSlice::new(&f.bytes);
+                    n_iov += 1;
+                    batch_bytes += f.bytes.len();
+                }
+                (out.write_vectored(&iov[..n_iov]), batch_bytes)
             };
             let written = match attempt {
                 // The transport contract (crate::transport): taking nothing
@@ -535,9 +653,10 @@ impl OutQueue {
     fn advance(&mut self, mut written: usize, sent: &mut impl FnMut(&Entry)) {
         self.queued_bytes -= written;
         while written > 0 {
-            let front_left = self.queue[0].bytes.len() - self.head_written;
+            let front_left = self.queue[0].bytes.len() - self.head_written as usize;
             if written < front_left {
-                self.head_written += written;
+                // Less than the entry's length, which is under 4 GiB.
+                self.head_written += written as u32;
                 break;
             }
             written -= front_left;
@@ -571,7 +690,7 @@ impl OutQueue {
             return;
         }
         if self.queue.capacity() > keep_frames {
-            self.queue = VecDeque::new();
+            self.queue.free();
             self.pending = None;
         } else if keep_frames == 0 {
             self.pending = None;
@@ -585,7 +704,7 @@ impl OutQueue {
             return;
         }
         let bytes: usize = self.queue.iter().map(|f| f.bytes.len()).sum();
-        debug_assert_eq!(bytes - self.head_written, self.queued_bytes);
+        debug_assert_eq!(bytes - self.head_written as usize, self.queued_bytes);
         let control: usize = self
             .queue
             .iter()
@@ -599,7 +718,7 @@ impl OutQueue {
         debug_assert!(
             self.queue
                 .front()
-                .is_none_or(|f| self.head_written < f.bytes.len())
+                .is_none_or(|f| (self.head_written as usize) < f.bytes.len())
         );
         {
             for (&ch, &pos) in self.pending.iter().flat_map(|p| p.iter()) {
@@ -988,6 +1107,90 @@ mod tests {
             if r.is_err() {
                 panic!("conflation simulation failed; replay with TICKWIRE_SIM_SEED={seed}");
             }
+        }
+    }
+
+    /// A client that keeps up holds one entry at a time: its queue never
+    /// allocates the ring buffer, and its write reads nothing outside the
+    /// connection.
+    #[test]
+    fn a_queue_that_keeps_up_holds_its_entry_inline() {
+        let mut q = OutQueue::default();
+        let mut sink = Sink {
+            room: usize::MAX,
+            got: vec![],
+        };
+        for seq in 1..=100 {
+            assert_eq!(q.push_update(upd(0, seq, 20), 1000), Pushed::Queued);
+            let (r, n) = q.flush(&mut sink, |_| {}).unwrap();
+            assert_eq!((r, n), (Flushed::Drained, 20));
+        }
+        assert_eq!(q.queue.rest.capacity(), 0, "the ring buffer was allocated");
+        assert_eq!(sink.got.len(), 2000);
+        // A second entry goes to the ring buffer, behind the inline one.
+        q.push_update(upd(0, 101, 20), 1000);
+        q.push_control(Entry::control(Bytes::from_static(b"ctl")));
+        assert_eq!((q.len(), q.queue.rest.len()), (2, 1));
+    }
+
+    /// The inline first entry and the ring buffer behave as one deque:
+    /// seeded operations against `VecDeque`.
+    #[test]
+    fn entries_match_a_deque() {
+        let mut rng = crate::rng::Rng::new(7);
+        let mut e = Entries::default();
+        let mut model: VecDeque<EntryRef> = VecDeque::new();
+        let mut seq = 0;
+        for step in 0..20_000 {
+            match rng.below(8) {
+                0..=2 => {
+                    seq += 1;
+                    let x = upd(rng.below(3) as u32, seq, 1 + rng.below(4) as usize);
+                    e.push_back(Rc::clone(&x));
+                    model.push_back(x);
+                }
+                3..=4 => {
+                    let (a, b) = (e.pop_front(), model.pop_front());
+                    assert_eq!(a.map(|x| x.seq), b.map(|x| x.seq), "step {step}");
+                }
+                5 => {
+                    if !model.is_empty() {
+                        let i = rng.below(model.len() as u64) as usize;
+                        seq += 1;
+                        let x = upd(9, seq, 1);
+                        e[i] = Rc::clone(&x);
+                        model[i] = x;
+                    }
+                    if let (Some(a), Some(b)) = (e.back_mut(), model.back_mut()) {
+                        seq += 1;
+                        *a = upd(8, seq, 2);
+                        *b = Rc::clone(a);
+                    }
+                }
+                6 => {
+                    let len = rng.below(model.len() as u64 + 1) as usize;
+                    e.truncate(len);
+                    model.truncate(len);
+                }
+                _ => {
+                    let ch = ChannelId(rng.below(3) as u32);
+                    assert_eq!(
+                        e.rposition(|f| f.channel == ch),
+                        model.iter().rposition(|f| f.channel == ch),
+                        "step {step}"
+                    );
+                }
+            }
+            assert_eq!(e.len(), model.len());
+            assert_eq!(e.is_empty(), model.is_empty());
+            assert!(e.first.is_some() || e.rest.is_empty(), "a hole in front");
+            assert_eq!(e.front().map(|x| x.seq), model.front().map(|x| x.seq));
+            assert_eq!(e.back().map(|x| x.seq), model.back().map(|x| x.seq));
+            let (a, b): (Vec<u64>, Vec<u64>) = (
+                e.iter().map(|x| x.seq).collect(),
+                model.iter().map(|x| x.seq).collect(),
+            );
+            assert_eq!(a, b, "step {step}");
         }
     }
 

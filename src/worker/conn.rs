@@ -60,6 +60,20 @@ impl Phase {
     }
 }
 
+/// What a connection serves, beyond where it is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// HTTP requests, then WebSocket subscriptions.
+    Standard,
+    /// The conformance echo endpoint: messages are echoed, not requests.
+    Echo,
+    /// An SSE or long-poll stream: the guard holds how its frames are
+    /// written. Kept here so that a write need not load the guard (an
+    /// allocation of its own, a cache miss per client per pass) to learn
+    /// that a WebSocket client has none.
+    Stream,
+}
+
 /// Input that did not make a whole request head or frame yet, and a
 /// fragmented message: allocated only while it holds something.
 #[derive(Debug, Default)]
@@ -92,7 +106,8 @@ pub struct Guard {
     pub bucket: MessageBucket,
     /// On `/sse` or `/poll`: how its frames are written for HTTP. Boxed
     /// apart: a WebSocket client's guard would otherwise carry its 80 bytes.
-    pub stream: Option<Box<crate::worker::stream::HttpStream>>,
+    /// Set and taken through [`Conn`], which mirrors it in a flag.
+    stream: Option<Box<crate::worker::stream::HttpStream>>,
 }
 
 /// One connection. Kept small: an idle connection costs its socket, this
@@ -131,8 +146,8 @@ pub struct Conn {
     /// Input is not read while too many replies wait unread by the client;
     /// a flush that drains them resumes it.
     pub read_paused: bool,
-    /// On the conformance echo endpoint: messages are echoed, not requests.
-    pub echo: bool,
+    /// What it serves: one byte, read on every write.
+    pub endpoint: Endpoint,
     /// An HTTP request was answered here: waiting for the next one on a
     /// keep-alive connection is not a handshake that timed out.
     pub answered: bool,
@@ -158,7 +173,7 @@ impl Conn {
             write_blocked: false,
             read_pending: false,
             read_paused: false,
-            echo: false,
+            endpoint: Endpoint::Standard,
             answered: false,
             guard: None,
         }
@@ -176,8 +191,50 @@ impl Conn {
     }
 
     /// The SSE or long-poll stream, if the client is on one.
+    #[inline]
     pub fn stream(&self) -> Option<&crate::worker::stream::HttpStream> {
+        if self.endpoint != Endpoint::Stream {
+            return None;
+        }
         self.guard.as_ref()?.stream.as_deref()
+    }
+
+    /// The stream and what `write_out` writes it with, split borrows.
+    #[inline]
+    pub fn stream_parts(
+        &mut self,
+    ) -> (
+        Option<&mut crate::worker::stream::HttpStream>,
+        &mut OutQueue,
+        &mut Transport,
+    ) {
+        debug_assert_eq!(
+            self.endpoint == Endpoint::Stream,
+            self.guard.as_ref().is_some_and(|g| g.stream.is_some()),
+            "the endpoint mirrors the guard's stream"
+        );
+        let stream = if self.endpoint == Endpoint::Stream {
+            self.guard
+                .as_deref_mut()
+                .and_then(|g| g.stream.as_deref_mut())
+        } else {
+            None
+        };
+        (stream, &mut self.out, &mut self.transport)
+    }
+
+    /// Puts the client on an HTTP stream (SSE or long-poll).
+    pub fn set_stream(&mut self, s: crate::worker::stream::HttpStream) {
+        self.guard.get_or_insert_with(Box::default).stream = Some(Box::new(s));
+        self.endpoint = Endpoint::Stream;
+    }
+
+    /// Takes the client off its HTTP stream.
+    pub fn take_stream(&mut self) -> Option<Box<crate::worker::stream::HttpStream>> {
+        if self.endpoint == Endpoint::Stream {
+            self.endpoint = Endpoint::Standard;
+        }
+        self.guard.as_mut()?.stream.take()
     }
 
     /// Authentication state (`Off` without a guard).

@@ -14,7 +14,7 @@ use crate::protocol::http::{self, Request};
 use crate::protocol::ws::{self, Violation, WsEvent};
 use crate::worker::Worker;
 use crate::worker::conflate::Entry;
-use crate::worker::conn::{Conn, PartialInput, Phase};
+use crate::worker::conn::{Conn, Endpoint, PartialInput, Phase};
 use crate::worker::guard;
 use crate::worker::timers;
 
@@ -382,14 +382,13 @@ impl Worker {
                     let wait_ms = q
                         .timeout_s
                         .map_or(max_ms, |t| t.saturating_mul(1000).min(max_ms));
-                    conn.guard.get_or_insert_with(Box::default).stream =
-                        Some(Box::new(crate::worker::stream::HttpStream::new(
-                            q.kind,
-                            &q.channels,
-                            &q.since,
-                            now_ms.saturating_add(wait_ms),
-                            q.close,
-                        )));
+                    conn.set_stream(crate::worker::stream::HttpStream::new(
+                        q.kind,
+                        &q.channels,
+                        &q.since,
+                        now_ms.saturating_add(wait_ms),
+                        q.close,
+                    ));
                     conn.phase = Phase::Open;
                     conn.last_ping_ms = *now_ms;
                     events.push(OwnedEvent::Subscribe(q.channels, since));
@@ -403,7 +402,7 @@ impl Worker {
                     conn.out
                         .push_control(Entry::control(http::switching_protocols(&accept)));
                     conn.phase = Phase::Open;
-                    conn.echo = true;
+                    conn.endpoint = Endpoint::Echo;
                     conn.last_ping_ms = *now_ms;
                     used = head_len;
                     dirty.mark(conn, slot);
@@ -467,7 +466,7 @@ impl Worker {
             Some(m) => m,
             None => &mut spare,
         };
-        let echo = conn.echo;
+        let echo = conn.endpoint == Endpoint::Echo;
         let result = ws::read_frames(
             &mut data[used..],
             config.max_frame_size,
@@ -565,11 +564,11 @@ impl Worker {
                 }
                 // The conformance endpoint: the same read and write path as
                 // /ws, answering each message with itself.
-                OwnedEvent::Text(text) if conn.echo => {
+                OwnedEvent::Text(text) if conn.endpoint == Endpoint::Echo => {
                     conn.out
                         .push_control(Entry::control(frame::build(frame::OPCODE_TEXT, text)));
                 }
-                OwnedEvent::Binary(data) if conn.echo => {
+                OwnedEvent::Binary(data) if conn.endpoint == Endpoint::Echo => {
                     conn.out
                         .push_control(Entry::control(frame::build(frame::OPCODE_BINARY, data)));
                 }

@@ -122,13 +122,9 @@ pub fn write_out(
             }
         }
     };
-    let result = match conn
-        .guard
-        .as_deref_mut()
-        .and_then(|g| g.stream.as_deref_mut())
-    {
-        None => conn.out.flush(&mut conn.transport, sent),
-        Some(s) => write_stream(s, &mut conn.out, &mut conn.transport, sent),
+    let result = match conn.stream_parts() {
+        (None, out, transport) => out.flush(transport, sent),
+        (Some(s), out, transport) => write_stream(s, out, transport, sent),
     };
     let result = match result {
         Ok((Flushed::Drained, n)) if conn.transport.has_pending() => Ok((Flushed::Blocked, n)),

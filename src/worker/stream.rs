@@ -305,7 +305,7 @@ impl Worker {
             ..
         } = self;
         let conn = &mut conns[slot as usize];
-        let Some(s) = conn.guard.as_mut().and_then(|g| g.stream.take()) else {
+        let Some(s) = conn.take_stream() else {
             return;
         };
         // A subscribe still in flight would answer into the next request:
