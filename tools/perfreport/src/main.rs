@@ -795,6 +795,9 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 struct AtRate {
     p99: Option<f64>,
     cpu: Option<f64>,
+    /// Every round's p99 and CPU per delivery at the rate.
+    p99s: Vec<f64>,
+    cpus: Vec<f64>,
     reached: usize,
     sustained: usize,
 }
@@ -804,14 +807,16 @@ fn at_rate(rounds: &[&Value], rate: &Value) -> AtRate {
         .iter()
         .filter_map(|r| r["steps"].as_array()?.iter().find(|s| s["rate"] == *rate))
         .collect();
+    let p99s: Vec<f64> = steps.iter().filter_map(|s| lat(s, "p99")).collect();
+    let cpus: Vec<f64> = steps
+        .iter()
+        .filter_map(|s| f(&s["server"]["cpu_us_per_delivery"]))
+        .collect();
     AtRate {
-        p99: median(steps.iter().filter_map(|s| lat(s, "p99")).collect()),
-        cpu: median(
-            steps
-                .iter()
-                .filter_map(|s| f(&s["server"]["cpu_us_per_delivery"]))
-                .collect(),
-        ),
+        p99: median(p99s.clone()),
+        cpu: median(cpus.clone()),
+        p99s,
+        cpus,
         reached: steps.len(),
         sustained: steps.iter().filter(|s| s["sustained"] != false).count(),
     }
@@ -883,6 +888,7 @@ fn steps_beside_baseline(md: &mut String, rs: &[&Value]) {
     );
     let _ = writeln!(md, "| {} |", head.join(" | "));
     let _ = writeln!(md, "|--:|{}", "--|".repeat(head.len() - 1));
+    let mut above = Vec::new();
     for rate in &rates {
         let b = at_rate(&base, rate);
         let mut row = vec![
@@ -898,8 +904,29 @@ fn steps_beside_baseline(md: &mut String, rs: &[&Value]) {
                 )
             },
         ];
-        for (_, rounds) in &engines {
+        for (e, rounds) in &engines {
             let a = at_rate(rounds, rate);
+            for (metric, x, base_x, xs, base_xs) in [
+                ("p99", a.p99, b.p99, &a.p99s, &b.p99s),
+                ("CPU per delivery", a.cpu, b.cpu, &a.cpus, &b.cpus),
+            ] {
+                // The peers are listed in the table; the list is about tickwire.
+                if let (Some(x), Some(base_x)) = (x, base_x)
+                    && x > base_x
+                    && e.starts_with("tickwire")
+                {
+                    above.push(Above {
+                        engine: e,
+                        rate: fmt_int(rate),
+                        metric,
+                        x,
+                        base_x,
+                        range: span(xs),
+                        base_range: span(base_xs),
+                        us: metric == "p99",
+                    });
+                }
+            }
             row.push(if a.reached == 0 {
                 "–".into()
             } else {
@@ -914,6 +941,92 @@ fn steps_beside_baseline(md: &mut String, rs: &[&Value]) {
             });
         }
         let _ = writeln!(md, "| {} |", row.join(" | "));
+    }
+    md.push('\n');
+    above_the_baseline(md, &above, most.unwrap_or(1));
+}
+
+/// A step where an engine's median is above the baseline's.
+struct Above<'a> {
+    engine: &'a str,
+    rate: String,
+    metric: &'static str,
+    x: f64,
+    base_x: f64,
+    /// The rounds' lowest and highest.
+    range: (f64, f64),
+    base_range: (f64, f64),
+    /// A latency (µs), else CPU µs per delivery.
+    us: bool,
+}
+
+fn span(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+/// Says which medians are above the baseline's, and whether the difference
+/// held in every round (every round of the engine above every round of the
+/// baseline) or the rounds overlap: perf/README's rule for telling a
+/// difference between engines from the machine's noise.
+fn above_the_baseline(md: &mut String, above: &[Above], rounds: usize) {
+    if above.is_empty() {
+        let _ = writeln!(
+            md,
+            "No tickwire engine's median is above the baseline's, in p99 or in CPU per delivery, at any step.\n"
+        );
+        return;
+    }
+    let held = above.iter().filter(|a| a.range.0 > a.base_range.1).count();
+    let _ = writeln!(
+        md,
+        "tickwire medians above the baseline's: {}{}",
+        above.len(),
+        if rounds > 1 {
+            format!(
+                "; above in every round (the engine's lowest round above the baseline's highest): {held}."
+            )
+        } else {
+            ".".into()
+        }
+    );
+    md.push('\n');
+    let show = |v: f64, us: bool| {
+        if us {
+            fmt_us(Some(v))
+        } else {
+            fmt_num(Some(v), 3)
+        }
+    };
+    for a in above {
+        let _ = write!(
+            md,
+            "- {} at {} ticks/s, {}: {} against {} ({:.3}×)",
+            a.engine,
+            a.rate,
+            a.metric,
+            show(a.x, a.us),
+            show(a.base_x, a.us),
+            a.x / a.base_x
+        );
+        if rounds > 1 {
+            let _ = write!(
+                md,
+                "; rounds {}–{} against {}–{}: {}",
+                show(a.range.0, a.us),
+                show(a.range.1, a.us),
+                show(a.base_range.0, a.us),
+                show(a.base_range.1, a.us),
+                if a.range.0 > a.base_range.1 {
+                    "above in every round"
+                } else {
+                    "the rounds overlap"
+                }
+            );
+        }
+        md.push('\n');
     }
     md.push('\n');
 }
@@ -1101,6 +1214,72 @@ mod tests {
         );
         assert_eq!(median(vec![3.0, 1.0]), Some(2.0));
         assert_eq!(median(vec![]), None);
+        // tickwire's 9 ms at 100 stands alone (no baseline): nothing above.
+        assert!(
+            md.contains("No tickwire engine's median is above the baseline's"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn medians_above_the_baseline_say_whether_the_rounds_overlap() {
+        let step = |rate, p99, cpu| step_json(rate, p99, cpu, true);
+        let res = |label: &str, name: &str, steps: &[String]| {
+            format!(
+                r#"{{"scenario":"S2","engine":"{label}","engine_name":"{name}","status":"ok",
+                    "best_step":0,"steps":[{}]}}"#,
+                steps.join(",")
+            )
+        };
+        // At 50: tickwire's CPU 5/6/7 against 4/4.5/4.8 (above in every
+        // round); its p99 2.5/3/9 ms against 1/2/3 (median above, rounds
+        // overlap). At 100 it is below in both.
+        let results = [
+            res(
+                "baseline",
+                "baseline",
+                &[step(50, 1000.0, 4.0), step(100, 5000.0, 2.0)],
+            ),
+            res(
+                "tickwire",
+                "tickwire",
+                &[step(50, 2500.0, 5.0), step(100, 4000.0, 1.0)],
+            ),
+            res("baseline#2", "baseline", &[step(50, 2000.0, 4.5)]),
+            res("tickwire#2", "tickwire", &[step(50, 3000.0, 6.0)]),
+            res("baseline#3", "baseline", &[step(50, 3000.0, 4.8)]),
+            res("tickwire#3", "tickwire", &[step(50, 9000.0, 7.0)]),
+        ];
+        let run: Value = serde_json::from_str(&format!(
+            r#"{{"scenarios":["S2"],"engines":["tickwire","baseline"],
+                "params":{{"S2":{{"title":"t","connections":10,"steps":[50,100]}}}},
+                "results":[{}]}}"#,
+            results.join(",")
+        ))
+        .unwrap();
+        let md = render_markdown(&run, Path::new("x.json"), None, "plots", &[]);
+        assert!(
+            md.contains(
+                "tickwire medians above the baseline's: 2; above in every round (the engine's lowest \
+                 round above the baseline's highest): 1."
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "- tickwire at 50 ticks/s, p99: 3.00 ms against 2.00 ms (1.500×); rounds \
+                 2.50 ms–9.00 ms against 1.00 ms–3.00 ms: the rounds overlap"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "- tickwire at 50 ticks/s, CPU per delivery: 6.000 against 4.500 (1.333×); \
+                 rounds 5.000–7.000 against 4.000–4.800: above in every round"
+            ),
+            "{md}"
+        );
+        assert!(!md.contains("at 100 ticks/s"), "{md}");
     }
 
     #[test]
