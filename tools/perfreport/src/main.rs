@@ -1172,16 +1172,31 @@ mod tests {
         );
     }
 
+    /// One engine's S2 result in one round (`label`: `engine#k`).
+    fn s2_result(label: &str, name: &str, steps: &[String]) -> String {
+        format!(
+            r#"{{"scenario":"S2","engine":"{label}","engine_name":"{name}","status":"ok",
+                "best_step":0,"steps":[{}]}}"#,
+            steps.join(",")
+        )
+    }
+
+    /// RESULTS.md for an S2 run of tickwire and the baseline at 50 and 100.
+    fn s2_report(results: &[String]) -> String {
+        let run: Value = serde_json::from_str(&format!(
+            r#"{{"scenarios":["S2"],"engines":["tickwire","baseline"],
+                "params":{{"S2":{{"title":"t","connections":10,"steps":[50,100]}}}},
+                "results":[{}]}}"#,
+            results.join(",")
+        ))
+        .unwrap();
+        render_markdown(&run, Path::new("x.json"), None, "plots", &[])
+    }
+
     #[test]
     fn s2_steps_of_several_rounds_give_medians() {
         let step = |rate, p99, cpu| step_json(rate, p99, cpu, true);
-        let res = |label: &str, name: &str, steps: &[String]| {
-            format!(
-                r#"{{"scenario":"S2","engine":"{label}","engine_name":"{name}","status":"ok",
-                    "best_step":0,"steps":[{}]}}"#,
-                steps.join(",")
-            )
-        };
+        let res = s2_result;
         let results = [
             res("baseline", "baseline", &[step(50, 2000.0, 2.0)]),
             res(
@@ -1194,14 +1209,7 @@ mod tests {
             res("baseline#3", "baseline", &[step(50, 6000.0, 6.0)]),
             res("tickwire#3", "tickwire", &[step(50, 2000.0, 2.0)]),
         ];
-        let run: Value = serde_json::from_str(&format!(
-            r#"{{"scenarios":["S2"],"engines":["tickwire","baseline"],
-                "params":{{"S2":{{"title":"t","connections":10,"steps":[50,100]}}}},
-                "results":[{}]}}"#,
-            results.join(",")
-        ))
-        .unwrap();
-        let md = render_markdown(&run, Path::new("x.json"), None, "plots", &[]);
+        let md = s2_report(&results);
         assert!(md.contains("medians of the 3 rounds"), "{md}");
         // Baseline median 4 ms / 4 µs; tickwire median 2 ms / 2 µs.
         assert!(
@@ -1224,13 +1232,7 @@ mod tests {
     #[test]
     fn medians_above_the_baseline_say_whether_the_rounds_overlap() {
         let step = |rate, p99, cpu| step_json(rate, p99, cpu, true);
-        let res = |label: &str, name: &str, steps: &[String]| {
-            format!(
-                r#"{{"scenario":"S2","engine":"{label}","engine_name":"{name}","status":"ok",
-                    "best_step":0,"steps":[{}]}}"#,
-                steps.join(",")
-            )
-        };
+        let res = s2_result;
         // At 50: tickwire's CPU 5/6/7 against 4/4.5/4.8 (above in every
         // round); its p99 2.5/3/9 ms against 1/2/3 (median above, rounds
         // overlap). At 100 it is below in both.
@@ -1250,14 +1252,7 @@ mod tests {
             res("baseline#3", "baseline", &[step(50, 3000.0, 4.8)]),
             res("tickwire#3", "tickwire", &[step(50, 9000.0, 7.0)]),
         ];
-        let run: Value = serde_json::from_str(&format!(
-            r#"{{"scenarios":["S2"],"engines":["tickwire","baseline"],
-                "params":{{"S2":{{"title":"t","connections":10,"steps":[50,100]}}}},
-                "results":[{}]}}"#,
-            results.join(",")
-        ))
-        .unwrap();
-        let md = render_markdown(&run, Path::new("x.json"), None, "plots", &[]);
+        let md = s2_report(&results);
         assert!(
             md.contains(
                 "tickwire medians above the baseline's: 2; above in every round (the engine's lowest \
