@@ -106,7 +106,7 @@ pub struct Guard {
     pub bucket: MessageBucket,
     /// On `/sse` or `/poll`: how its frames are written for HTTP. Boxed
     /// apart: a WebSocket client's guard would otherwise carry its 80 bytes.
-    /// Set and taken through [`Conn`], which mirrors it in a flag.
+    /// Set and taken through [`Conn`], whose `endpoint` says whether it is here.
     stream: Option<Box<crate::worker::stream::HttpStream>>,
 }
 
