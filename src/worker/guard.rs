@@ -55,7 +55,7 @@ pub fn check_upgrade(
         guard.ip = Some(ip);
     }
     if let Some(verifier) = &config.auth {
-        guard.auth = match meta.token.as_deref() {
+        guard.set_auth(match meta.token.as_deref() {
             None => ConnAuth::Waiting { since_ms: now_ms },
             Some(token) => match verifier.verify(token, crate::auth::unix_now()) {
                 Ok(claims) => ConnAuth::User(Box::new(Session::from_claims(&claims))),
@@ -67,13 +67,14 @@ pub fn check_upgrade(
                     return Err(Response::Unauthorized(e.reason()));
                 }
             },
-        };
+        });
     }
     if config.client_messages_per_second > 0 {
         guard.bucket = MessageBucket::new(config.client_messages_per_second, now_ms);
     }
-    let needed =
-        guard.ip.is_some() || guard.auth != ConnAuth::Off || config.client_messages_per_second > 0;
+    let needed = guard.ip.is_some()
+        || *guard.auth() != ConnAuth::Off
+        || config.client_messages_per_second > 0;
     Ok(needed.then(|| Box::new(guard)))
 }
 
@@ -174,7 +175,7 @@ impl Worker {
                 return Admission::Stop;
             }
         }
-        if matches!(guard.auth, ConnAuth::Waiting { .. }) && !is_auth {
+        if matches!(guard.auth(), ConnAuth::Waiting { .. }) && !is_auth {
             metrics.refusals.auth(&AuthError::Missing);
             timers::cut(conn, index, link, now, AUTH_FIRST);
             return Admission::Stop;
@@ -216,14 +217,14 @@ impl Worker {
         let Some(guard) = conn.guard.as_mut() else {
             return;
         };
-        if let ConnAuth::User(old) = &guard.auth
+        if let ConnAuth::User(old) = guard.auth()
             && old.sub != session.sub
         {
             timers::cut(conn, index, link, now, "token for another user");
             return;
         }
         let frame = client::authenticated_frame(&session.sub, session.exp);
-        guard.auth = ConnAuth::User(Box::new(session));
+        guard.set_auth(ConnAuth::User(Box::new(session)));
         let ended = conn.subs.names_failing(|n| conn.auth().allows(n));
         if !ended.is_empty() {
             let mut ids = Vec::new();
@@ -249,7 +250,10 @@ impl Worker {
         let Some(guard) = conn.guard.as_mut() else {
             return false;
         };
-        match &mut guard.auth {
+        let Some(auth) = guard.auth_mut() else {
+            return false;
+        };
+        match auth {
             ConnAuth::Off => false,
             ConnAuth::Waiting { since_ms } => {
                 if w.now_ms.saturating_sub(*since_ms) < w.handshake_ms {
