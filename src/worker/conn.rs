@@ -120,11 +120,14 @@ struct Attached {
     stream: Option<Box<crate::worker::stream::HttpStream>>,
 }
 
+/// The authentication state of a connection with no guard, or a guard with
+/// nothing attached.
+const AUTH_OFF: ConnAuth = ConnAuth::Off;
+
 impl Guard {
     /// Authentication state (`Off` when none is attached).
     pub fn auth(&self) -> &ConnAuth {
-        const OFF: ConnAuth = ConnAuth::Off;
-        self.attached.as_ref().map_or(&OFF, |a| &a.auth)
+        self.attached.as_ref().map_or(&AUTH_OFF, |a| &a.auth)
     }
 
     /// The authentication state to update; `None` when it is `Off`
@@ -278,8 +281,7 @@ impl Conn {
 
     /// Authentication state (`Off` without a guard).
     pub fn auth(&self) -> &ConnAuth {
-        const OFF: ConnAuth = ConnAuth::Off;
-        self.guard.as_ref().map_or(&OFF, |g| g.auth())
+        self.guard.as_ref().map_or(&AUTH_OFF, |g| g.auth())
     }
 
     /// A subscribe answer went out: queue the local replies that waited for it.
