@@ -113,6 +113,9 @@ pub struct Config {
     /// During a write pass, take updates that arrived meanwhile to the
     /// connections the pass has not written yet.
     pub refresh_passes: bool,
+    /// A write pass hands its plain-socket writes to the kernel in batches
+    /// through io_uring (one syscall per batch, not per write).
+    pub batch_sends: bool,
     /// With one worker, that worker drives the ingest loop (no ingest thread).
     pub ingest_on_worker: bool,
     /// SO_SNDBUF per client socket; 0 leaves the kernel's autotuning.
@@ -200,6 +203,7 @@ impl Default for Config {
             pace_when_contended: true,
             hold_batches: true,
             refresh_passes: true,
+            batch_sends: true,
             ingest_on_worker: true,
             socket_send_buffer: DEFAULT_SOCKET_SEND_BUFFER,
             socket_notsent_lowat: DEFAULT_SOCKET_NOTSENT_LOWAT,
@@ -310,6 +314,9 @@ pub struct Cli {
     /// During a write pass, look for fresh updates once a millisecond and give them to the connections the pass has not written yet (a tick that arrives mid-pass waits for part of a pass, not a whole one); false: a pass writes only what was due when it started [default: true]
     #[arg(long, value_name = "BOOL")]
     pub refresh_passes: Option<bool>,
+    /// Hand a write pass's writes to plain sockets to the kernel up to 64 at a time through io_uring, one syscall per batch instead of one per write (with the same non-blocking result for each); false, or a kernel that refuses io_uring, writes with one send/writev per connection [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub batch_sends: Option<bool>,
     /// With one worker, run the ingest loop on that worker's thread: a tick is read, sequenced and written by one thread with no hand-off; false gives ingest its own thread [default: true]
     #[arg(long, value_name = "BOOL")]
     pub ingest_on_worker: Option<bool>,
@@ -453,6 +460,7 @@ struct FileConfig {
     pace_when_contended: Option<bool>,
     hold_batches: Option<bool>,
     refresh_passes: Option<bool>,
+    batch_sends: Option<bool>,
     ingest_on_worker: Option<bool>,
     demo: Option<bool>,
     demo_rate: Option<u32>,
@@ -734,6 +742,7 @@ impl Config {
         set!(pace_when_contended);
         set!(hold_batches);
         set!(refresh_passes);
+        set!(batch_sends);
         set!(ingest_on_worker);
         set!(demo_rate);
         set!(max_channels_per_connection);

@@ -178,7 +178,7 @@ impl Hasher for IdHasher {
 
 /// Iovecs gathered per `writev`. Linux allows 1024; 64 frames of ~100 bytes
 /// already fill a socket buffer's worth per call.
-const IOV_BATCH: usize = 64;
+pub const IOV_BATCH: usize = 64;
 
 /// Merged entries built between two [`Merges::clear`]s: past this many,
 /// further subscribers get the update as an entry of its own, so a merge is
@@ -621,14 +621,7 @@ impl OutQueue {
                 (out.write(head), head.len())
             } else {
                 let mut iov = [IoSlice::new(&[]); IOV_BATCH];
-                iov[0] = IoSlice::new(head);
-                let mut n_iov = 1;
-                let mut batch_bytes = head.len();
-                for f in self.queue.iter().skip(1).take(IOV_BATCH - 1) {
-                    iov[n_iov] = IoSlice::new(&f.bytes);
-                    n_iov += 1;
-                    batch_bytes += f.bytes.len();
-                }
+                let (n_iov, batch_bytes) = self.gather(&mut iov);
                 (out.write_vectored(&iov[..n_iov]), batch_bytes)
             };
             let written = match attempt {
@@ -648,6 +641,25 @@ impl OutQueue {
         }
         self.reset_conflation();
         Ok((Flushed::Drained, total))
+    }
+
+    /// What the next write of [`OutQueue::flush`] offers: the rest of the
+    /// head entry, then whole entries, at most [`IOV_BATCH`] slices. Returns
+    /// the slices filled and their bytes (0, 0 when nothing waits).
+    pub fn gather<'a>(&'a self, iov: &mut [IoSlice<'a>; IOV_BATCH]) -> (usize, usize) {
+        let Some(head) = self.queue.front() else {
+            return (0, 0);
+        };
+        let head = &head.bytes[self.head_written as usize..];
+        iov[0] = IoSlice::new(head);
+        let mut n_iov = 1;
+        let mut bytes = head.len();
+        for f in self.queue.iter().skip(1).take(IOV_BATCH - 1) {
+            iov[n_iov] = IoSlice::new(&f.bytes);
+            n_iov += 1;
+            bytes += f.bytes.len();
+        }
+        (n_iov, bytes)
     }
 
     fn advance(&mut self, mut written: usize, sent: &mut impl FnMut(&Entry)) {

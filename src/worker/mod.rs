@@ -26,6 +26,7 @@ pub mod link;
 pub mod output;
 pub mod refresh;
 pub mod requests;
+pub mod send_batch;
 pub mod stream;
 pub mod subscriptions;
 pub mod timers;
@@ -166,6 +167,8 @@ pub struct Worker {
     lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// While draining: (close at ms, slot, generation), latest first.
     drain_plan: Option<Vec<(u64, u32, u32)>>,
+    /// The write pass's batched sends (None: one syscall per write).
+    sends: Option<send_batch::SendBatch>,
 }
 
 impl Worker {
@@ -185,7 +188,21 @@ impl Worker {
         if let Some(ingest) = p.ingest {
             link.drive(ingest, p.poll.registry(), INGEST_POLL)?;
         }
+        let sends = if p.config.batch_sends {
+            send_batch::SendBatch::new()
+                .inspect_err(|e| {
+                    if p.id == 0 {
+                        eprintln!(
+                            "tickwire: io_uring refused ({e}): writing with one syscall per write"
+                        );
+                    }
+                })
+                .ok()
+        } else {
+            None
+        };
         Ok(Worker {
+            sends,
             id: p.id,
             poll: p.poll,
             acceptor,

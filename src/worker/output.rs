@@ -11,7 +11,11 @@ use crate::metrics::{self, WorkerCounters};
 use crate::protocol::http::StreamKind;
 use crate::worker::Worker;
 use crate::worker::conflate::{Flushed, OutQueue};
-use crate::worker::conn::{Conn, Phase};
+use std::os::fd::AsRawFd;
+
+use crate::transport::Transport;
+use crate::worker::conflate::IOV_BATCH;
+use crate::worker::conn::{Conn, Endpoint, Phase};
 use crate::worker::stream::{Framer, HttpStream};
 
 /// A queue that grew past this many entries is freed when it empties, so a
@@ -100,6 +104,57 @@ pub fn write_out(
     now_ms: u64,
     conflate_on_block: bool,
 ) -> Result<Flushed, PeerGone> {
+    write_out_sent(conn, stats, now_ms, conflate_on_block, None)
+}
+
+/// A plain socket whose first write the pass's [`SendBatch`] already made:
+/// that write returns the batch's result, any further one is a real write.
+///
+/// [`SendBatch`]: crate::worker::send_batch::SendBatch
+struct Sent<'a> {
+    /// The batch's result, and the bytes it offered.
+    first: Option<(std::io::Result<usize>, usize)>,
+    inner: &'a mut crate::transport::Transport,
+}
+
+impl Sent<'_> {
+    #[inline]
+    fn take(&mut self, offered: usize) -> Option<std::io::Result<usize>> {
+        let (r, sent_offered) = self.first.take()?;
+        debug_assert_eq!(sent_offered, offered, "the batch sent what flush offers");
+        Some(r)
+    }
+}
+
+impl std::io::Write for Sent<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.take(buf.len()) {
+            Some(r) => r,
+            None => self.inner.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        match self.take(bufs.iter().map(|b| b.len()).sum()) {
+            Some(r) => r,
+            None => self.inner.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// [`write_out`], where `first` is the outcome of a first write already made
+/// by the pass's send batch (its result and the bytes it offered).
+fn write_out_sent(
+    conn: &mut Conn,
+    stats: &mut LocalStats,
+    now_ms: u64,
+    conflate_on_block: bool,
+    first: Option<(std::io::Result<usize>, usize)>,
+) -> Result<Flushed, PeerGone> {
     let LocalStats { counters, latency } = stats;
     counters.flushes += 1;
     // Latency is sampled: one write in LATENCY_SAMPLE_WRITES records the
@@ -122,9 +177,13 @@ pub fn write_out(
             }
         }
     };
-    let result = match conn.stream_parts() {
-        (None, out, transport) => out.flush(transport, sent),
-        (Some(s), out, transport) => write_stream(s, out, transport, sent),
+    let result = match (conn.stream_parts(), first) {
+        ((None, out, transport), None) => out.flush(transport, sent),
+        ((None, out, inner), first @ Some(_)) => out.flush(&mut Sent { first, inner }, sent),
+        ((Some(s), out, transport), first) => {
+            debug_assert!(first.is_none(), "streams are not batched");
+            write_stream(s, out, transport, sent)
+        }
     };
     let result = match result {
         Ok((Flushed::Drained, n)) if conn.transport.has_pending() => Ok((Flushed::Blocked, n)),
@@ -194,6 +253,16 @@ fn write_stream<W: std::io::Write>(
     }
 }
 
+/// Whether a connection's writes can go through the send batch: a plain
+/// socket (TLS writes go through rustls) serving WebSocket frames (HTTP
+/// streams frame each entry on the way out) with something due.
+#[inline]
+fn batchable(conn: &Conn) -> bool {
+    matches!(conn.transport, Transport::Plain(_))
+        && conn.endpoint != Endpoint::Stream
+        && !conn.out.is_empty()
+}
+
 /// Connections written between two looks at the clock during a pass (at
 /// 3-5 µs per write on loopback, 200-300 µs).
 pub const REFRESH_EVERY: usize = 64;
@@ -244,30 +313,72 @@ impl Worker {
             let conn = &mut self.conns[slot as usize];
             conn.dirty = false;
             if !conn.write_blocked {
-                self.flush(slot);
+                match self.sends.as_mut() {
+                    Some(batch) if batchable(conn) => {
+                        let mut iov = [std::io::IoSlice::new(&[]); IOV_BATCH];
+                        let (n, _) = conn.out.gather(&mut iov);
+                        // SAFETY: the slices are the connection's queued
+                        // entries (refcounted buffers) and its socket; both
+                        // stay as they are until the batch is submitted,
+                        // which happens before anything else can change a
+                        // queue (a refresh, the end of the pass): the rest of
+                        // the loop touches only connections not yet batched,
+                        // each listed once.
+                        unsafe {
+                            batch.push(conn.transport.tcp().as_raw_fd(), slot, &iov[..n]);
+                        }
+                        if batch.is_full() {
+                            self.submit_sends();
+                        }
+                    }
+                    _ => self.flush(slot),
+                }
                 pass.written += 1;
                 if refresh && pass.written % REFRESH_EVERY == 0 {
                     let now_ns = clock::now_ns();
                     if now_ns.saturating_sub(last_ns) >= REFRESH_GAP_NS {
                         last_ns = now_ns;
+                        self.submit_sends();
                         pass.updates += self.refresh();
                     }
                 }
             }
         }
+        self.submit_sends();
         list.clear();
         self.dirty.spare = list;
         self.hand_out_fresh();
         pass
     }
 
+    /// Submits the pass's batched sends and finishes each connection's
+    /// write with its result.
+    fn submit_sends(&mut self) {
+        let Some(mut batch) = self.sends.take() else {
+            return;
+        };
+        if !batch.is_empty() {
+            for (slot, offered, result) in batch.submit() {
+                self.flush_sent(slot, Some((result, offered)));
+            }
+        }
+        self.sends = Some(batch);
+    }
+
     pub(crate) fn flush(&mut self, slot: u32) {
+        self.flush_sent(slot, None);
+    }
+
+    /// [`Worker::flush`], with the first write already made by the send
+    /// batch when `first` is given.
+    fn flush_sent(&mut self, slot: u32, first: Option<(std::io::Result<usize>, usize)>) {
         let conn = &mut self.conns[slot as usize];
-        let result = write_out(
+        let result = write_out_sent(
             conn,
             &mut self.stats,
             self.now_ms,
             self.config.conflate_on_block,
+            first,
         );
         if result.is_ok()
             && crate::worker::stream::poll_due(conn, self.now_ms, self.config.outbound_budget)
