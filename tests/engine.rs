@@ -327,7 +327,20 @@ fn http_endpoints() {
 
 #[test]
 fn a_thousand_clients_each_receive_every_tick_of_their_channel_in_order() {
-    let srv = Server::start(&common::ONE_HOST);
+    every_client_gets_every_tick_in_order(&[]);
+}
+
+/// The same with one `send`/`writev` syscall per write instead of the
+/// pass's io_uring batches.
+#[test]
+fn a_thousand_clients_get_every_tick_in_order_with_one_syscall_per_write() {
+    every_client_gets_every_tick_in_order(&["--batch-sends", "false"]);
+}
+
+fn every_client_gets_every_tick_in_order(extra: &[&str]) {
+    let mut args = common::ONE_HOST.to_vec();
+    args.extend_from_slice(extra);
+    let srv = Server::start(&args);
     let clients = 1000;
     let channels = ["C0", "C1", "C2", "C3"];
     let ticks_per_channel = 200u64;

@@ -3,18 +3,17 @@
 //! latency counts, and what a blocked socket means (conflation, stall
 //! clock).
 
+use std::os::fd::AsRawFd;
+
 use hdrhistogram::Histogram;
 
 use crate::channel::ChannelId;
 use crate::clock;
 use crate::metrics::{self, WorkerCounters};
 use crate::protocol::http::StreamKind;
-use crate::worker::Worker;
-use crate::worker::conflate::{Flushed, OutQueue};
-use std::os::fd::AsRawFd;
-
 use crate::transport::Transport;
-use crate::worker::conflate::IOV_BATCH;
+use crate::worker::Worker;
+use crate::worker::conflate::{Flushed, IOV_BATCH, OutQueue};
 use crate::worker::conn::{Conn, Endpoint, Phase};
 use crate::worker::stream::{Framer, HttpStream};
 
@@ -114,7 +113,7 @@ pub fn write_out(
 struct Sent<'a> {
     /// The batch's result, and the bytes it offered.
     first: Option<(std::io::Result<usize>, usize)>,
-    inner: &'a mut crate::transport::Transport,
+    inner: &'a mut Transport,
 }
 
 impl Sent<'_> {
