@@ -6,13 +6,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { EventSource } from 'eventsource';
-import { fileWatchdog, openFeed, scope, seqProblems, sleep, startEngine, startProxy, waitFor } from './support/harness.js';
+import { fileWatchdog, neverConflating, openFeed, scope, seqProblems, sleep, startEngine, startProxy, waitFor } from './support/harness.js';
 
 fileWatchdog(90000);
 
 test('EventSource resumes with Last-Event-ID across a dropped connection: every seq once, in order', { timeout: 60000 }, async (t) => {
   const s = scope(t);
-  const engine = await startEngine({ args: ['--history-size', '1000'] });
+  const engine = await startEngine({ config: neverConflating('E*', 1000) });
   s.add(() => engine.stop());
   const proxy = await startProxy(engine.listenPort);
   s.add(() => proxy.close());

@@ -4,14 +4,14 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { fileWatchdog, openFeed, scope, seqProblems, startEngine, startProxy, waitFor } from './support/harness.js';
+import { fileWatchdog, neverConflating, openFeed, scope, seqProblems, startEngine, startProxy, waitFor } from './support/harness.js';
 import { eventsOf, lastSeqs, openBrowserPage, seqsOf, stateText } from './support/page.js';
 
 fileWatchdog(100000);
 
 test('WebSocket refused: SSE fallback; SSE refused too: long-polling; every update once', { timeout: 75000 }, async (t) => {
   const s = scope(t);
-  const engine = await startEngine({ args: ['--history-size', '2000'] });
+  const engine = await startEngine({ config: neverConflating('F*', 2000) });
   s.add(() => engine.stop());
   const proxy = await startProxy(engine.listenPort);
   s.add(() => proxy.close());

@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import readline from 'node:readline';
 import { test } from 'node:test';
-import { REPO, fileWatchdog, openFeed, scope, seqProblems, sleep, startEngine, startProxy, waitFor } from './support/harness.js';
+import { REPO, fileWatchdog, neverConflating, openFeed, scope, seqProblems, sleep, startEngine, startProxy, waitFor } from './support/harness.js';
 
 fileWatchdog(100000);
 
@@ -51,7 +51,7 @@ const last = (log, ch) => { const a = log.seqs[ch]; return a ? a[a.length - 1] :
 
 test('tickwire.js on Node >= 22: live updates, a 2 s cut, every seq once and in order', { timeout: 75000 }, async (t) => {
   const s = scope(t);
-  const engine = await startEngine({ args: ['--history-size', '2000'] });
+  const engine = await startEngine({ config: neverConflating('N*', 2000) });
   s.add(() => engine.stop());
   const proxy = await startProxy(engine.listenPort);
   s.add(() => proxy.close());

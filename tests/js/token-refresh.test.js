@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { fileWatchdog, mintJwt, openFeed, scope, seqProblems, sleep, startEngine, waitFor } from './support/harness.js';
+import { fileWatchdog, mintJwt, neverConflating, openFeed, scope, seqProblems, sleep, startEngine, waitFor } from './support/harness.js';
 import { openBrowserPage } from './support/page.js';
 
 fileWatchdog(60000);
@@ -17,6 +17,7 @@ test('token refresh keeps a page connected past the first token\'s expiry', { ti
   const engine = await startEngine({
     args: ['--token-refresh-lead', '3s', '--jwt-leeway', '0s'],
     env: { TICKWIRE_JWT_SECRET: SECRET },
+    config: neverConflating('K*', 256),
   });
   s.add(() => engine.stop());
   const feed = openFeed(engine.ingestPort);

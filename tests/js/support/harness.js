@@ -6,7 +6,9 @@
 
 import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
+import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -71,8 +73,9 @@ export function freePort() {
  * pass fixed ones to restart on the same ports. Resolves once the
  * `tickwire ready` line was printed.
  */
-export async function startEngine({ args = [], env = {}, listenPort = 0, ingestPort = 0, workers = 1, readyTimeoutMs = 15000 } = {}) {
+export async function startEngine({ args = [], env = {}, listenPort = 0, ingestPort = 0, workers = 1, readyTimeoutMs = 15000, config } = {}) {
   const argv = ['--listen', `127.0.0.1:${listenPort}`, '--ingest', `127.0.0.1:${ingestPort}`, '--workers', String(workers), ...args];
+  if (config !== undefined) argv.push('--config', writeConfig(config));
   const proc = spawn(BIN, argv, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   live.add(proc);
   let stderr = '';
@@ -119,6 +122,37 @@ export async function startEngine({ args = [], env = {}, listenPort = 0, ingestP
     },
   };
   return engine;
+}
+
+/**
+ * Fetches the engine's `/api/stats` (deliveries, conflated, ...): the
+ * figures a test prints beside a failure.
+ */
+export async function engineStats(engine) {
+  const r = await fetch(`${engine.url}/api/stats`, { signal: AbortSignal.timeout(3000) });
+  return r.json();
+}
+
+/**
+ * A config file that puts `pattern`'s channels in a never-conflating class
+ * (README, "Channel classes"): a client that falls behind is closed and
+ * resumes from history, so every seq reaches it once, in order, however
+ * slow the machine. A conflating channel may skip seqs for a slow page
+ * (README, "Slow consumers and conflation"), so a test asserting strictly
+ * +1 steps uses this class.
+ */
+export function neverConflating(pattern, historySize) {
+  return `[[classes]]\nname = "notify"\npattern = "${pattern}"\nconflate = false\nhistory_size = ${historySize}\n`;
+}
+
+// Config files written for engines of this process, removed on exit.
+const configDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tickwire-js-'));
+process.on('exit', () => fs.rmSync(configDir, { recursive: true, force: true }));
+let configs = 0;
+function writeConfig(text) {
+  const file = path.join(configDir, `config-${++configs}.toml`);
+  fs.writeFileSync(file, text);
+  return file;
 }
 
 /** SIGKILLs `engine` and starts a new one with the same arguments on the same ports (retrying the bind for a few seconds). */
