@@ -71,7 +71,7 @@ pub fn server_header_len(frame: &[u8]) -> usize {
 
 /// Writes an unmasked, final frame header for `opcode` and `payload_len`.
 #[inline]
-pub fn put_header(out: &mut BytesMut, opcode: u8, payload_len: usize) {
+pub fn put_header<B: BufMut>(out: &mut B, opcode: u8, payload_len: usize) {
     debug_assert!(opcode & 0xF0 == 0);
     out.put_u8(0x80 | opcode);
     match payload_len {

@@ -136,6 +136,9 @@ pub struct UpgradeMeta {
     /// else `X-Forwarded-For`); trusted only when the peer is a trusted
     /// proxy.
     pub forwarded: Vec<std::net::IpAddr>,
+    /// `?batch=1` on `/ws`: several server messages per WebSocket message
+    /// (see [`crate::worker::batch`]).
+    pub batch: bool,
 }
 
 /// Plain responses.
@@ -444,6 +447,7 @@ fn stream_query(
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .map(|v| v.trim().to_string()),
             forwarded: forwarded_addrs(headers),
+            batch: false,
         },
         timeout_s,
         close: wants_close(req),
@@ -536,8 +540,14 @@ fn upgrade(headers: &[httparse::Header<'_>], query: &str, head_len: usize) -> Re
     if key.len() != 24 {
         return Request::Respond(Response::BadRequest("invalid Sec-WebSocket-Key"));
     }
+    let batch = match query_param(query, "batch").as_deref() {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(_) => return Request::Respond(Response::BadRequest("batch must be 0 or 1")),
+    };
     let bearer = bearer_token(headers);
     let meta = UpgradeMeta {
+        batch,
         token: bearer.or_else(|| query_param(query, "token")),
         origin: header(headers, "Origin")
             .and_then(|v| std::str::from_utf8(v).ok())

@@ -72,6 +72,9 @@ pub enum Endpoint {
     /// allocation of its own, a cache miss per client per pass) to learn
     /// that a WebSocket client has none.
     Stream,
+    /// A WebSocket client that asked for batched messages (`?batch=1`):
+    /// the guard holds its staging buffer (see [`crate::worker::batch`]).
+    Batched,
 }
 
 /// Input that did not make a whole request head or frame yet, and a
@@ -109,7 +112,8 @@ pub struct Guard {
     attached: Option<Box<Attached>>,
 }
 
-/// What some guards carry: authentication, and the HTTP stream.
+/// What some guards carry: authentication, and how an HTTP stream or a
+/// batched WebSocket client is written.
 #[derive(Debug, Default)]
 struct Attached {
     auth: ConnAuth,
@@ -118,6 +122,18 @@ struct Attached {
     /// 80 bytes. Set and taken through [`Conn`], whose `endpoint` says
     /// whether it is here.
     stream: Option<Box<crate::worker::stream::HttpStream>>,
+    /// With `?batch=1`: the staging buffer of its batched messages.
+    batch: Option<Box<crate::worker::batch::WsBatch>>,
+}
+
+/// How a connection's queue reaches its transport.
+pub enum Framing<'a> {
+    /// Its frames as they are (WebSocket, echo, HTTP answers).
+    Frames,
+    /// Framed for an HTTP stream.
+    Http(&'a mut crate::worker::stream::HttpStream),
+    /// Batched WebSocket messages.
+    Batched(&'a mut crate::worker::batch::WsBatch),
 }
 
 /// The authentication state of a connection with no guard, or a guard with
@@ -239,29 +255,40 @@ impl Conn {
         self.guard.as_ref()?.stream()
     }
 
-    /// The stream and what `write_out` writes it with, split borrows.
+    /// How the queue is written, the queue and the transport: what
+    /// `write_out` needs, split borrows.
     #[inline]
-    pub fn stream_parts(
-        &mut self,
-    ) -> (
-        Option<&mut crate::worker::stream::HttpStream>,
-        &mut OutQueue,
-        &mut Transport,
-    ) {
+    pub fn write_parts(&mut self) -> (Framing<'_>, &mut OutQueue, &mut Transport) {
         debug_assert_eq!(
             self.endpoint == Endpoint::Stream,
             self.guard.as_ref().is_some_and(|g| g.stream().is_some()),
             "the endpoint mirrors the guard's stream"
         );
-        let stream = if self.endpoint == Endpoint::Stream {
-            self.guard
-                .as_deref_mut()
-                .and_then(|g| g.attached.as_deref_mut())
-                .and_then(|a| a.stream.as_deref_mut())
-        } else {
-            None
+        let framing = match self.endpoint {
+            Endpoint::Standard | Endpoint::Echo => Framing::Frames,
+            Endpoint::Stream | Endpoint::Batched => {
+                let a = self
+                    .guard
+                    .as_deref_mut()
+                    .and_then(|g| g.attached.as_deref_mut())
+                    .expect("the endpoint mirrors the guard");
+                match (a.stream.as_deref_mut(), a.batch.as_deref_mut()) {
+                    (Some(s), _) => Framing::Http(s),
+                    (None, Some(b)) => Framing::Batched(b),
+                    (None, None) => unreachable!("the endpoint mirrors the guard"),
+                }
+            }
         };
-        (stream, &mut self.out, &mut self.transport)
+        (framing, &mut self.out, &mut self.transport)
+    }
+
+    /// Writes this WebSocket client's messages batched (`?batch=1`), after
+    /// `head` (the 101 response).
+    pub fn set_batched(&mut self, head: &[u8]) {
+        let guard = self.guard.get_or_insert_with(Box::default);
+        guard.attached.get_or_insert_with(Box::default).batch =
+            Some(Box::new(crate::worker::batch::WsBatch::new(head)));
+        self.endpoint = Endpoint::Batched;
     }
 
     /// Puts the client on an HTTP stream (SSE or long-poll).

@@ -429,8 +429,13 @@ impl Worker {
                             return data.len();
                         }
                     }
-                    conn.out
-                        .push_control(Entry::control(http::switching_protocols(&accept)));
+                    let head = http::switching_protocols(&accept);
+                    if meta.batch {
+                        // The 101 is staged ahead of the batched messages.
+                        conn.set_batched(&head);
+                    } else {
+                        conn.out.push_control(Entry::control(head));
+                    }
                     conn.phase = Phase::Open;
                     conn.last_ping_ms = *now_ms;
                     used = head_len;

@@ -16,6 +16,7 @@
 //! invariants.
 
 pub mod accept;
+pub mod batch;
 pub mod coalesce;
 pub mod conflate;
 pub mod conn;

@@ -13,8 +13,9 @@ use crate::metrics::{self, WorkerCounters};
 use crate::protocol::http::StreamKind;
 use crate::transport::Transport;
 use crate::worker::Worker;
+use crate::worker::batch::{self, WsBatch};
 use crate::worker::conflate::{Flushed, IOV_BATCH, OutQueue};
-use crate::worker::conn::{Conn, Endpoint, Phase};
+use crate::worker::conn::{Conn, Endpoint, Framing, Phase};
 use crate::worker::stream::{Framer, HttpStream};
 
 /// A queue that grew past this many entries is freed when it empties, so a
@@ -176,12 +177,18 @@ fn write_out_sent(
             }
         }
     };
-    let result = match (conn.stream_parts(), first) {
-        ((None, out, transport), None) => out.flush(transport, sent),
-        ((None, out, inner), first @ Some(_)) => out.flush(&mut Sent { first, inner }, sent),
-        ((Some(s), out, transport), first) => {
-            debug_assert!(first.is_none(), "streams are not batched");
+    let result = match (conn.write_parts(), first) {
+        ((Framing::Frames, out, transport), None) => out.flush(transport, sent),
+        ((Framing::Frames, out, inner), first @ Some(_)) => {
+            out.flush(&mut Sent { first, inner }, sent)
+        }
+        ((Framing::Http(s), out, transport), first) => {
+            debug_assert!(first.is_none(), "streams are not in the send batch");
             write_stream(s, out, transport, sent)
+        }
+        ((Framing::Batched(b), out, transport), first) => {
+            debug_assert!(first.is_none(), "batched clients are not in the send batch");
+            write_batched(b, out, transport, sent)
         }
     };
     let result = match result {
@@ -214,6 +221,56 @@ fn write_out_sent(
     }
 }
 
+/// A buffer of bytes framed ahead of the socket: an SSE stream's events or
+/// a batched client's messages.
+pub trait Stage {
+    /// The bytes not yet written.
+    fn staged(&self) -> &[u8];
+    /// `n` of them were written.
+    fn consume(&mut self, n: usize);
+}
+
+impl Stage for HttpStream {
+    fn staged(&self) -> &[u8] {
+        HttpStream::staged(self)
+    }
+    fn consume(&mut self, n: usize) {
+        HttpStream::consume(self, n);
+    }
+}
+
+impl Stage for WsBatch {
+    fn staged(&self) -> &[u8] {
+        WsBatch::staged(self)
+    }
+    fn consume(&mut self, n: usize) {
+        WsBatch::consume(self, n);
+    }
+}
+
+/// Writes `stage` until it is empty (`true`) or the socket takes no more
+/// (`false`), adding what was written to `total`.
+fn write_stage<S: Stage, W: std::io::Write>(
+    stage: &mut S,
+    transport: &mut W,
+    total: &mut usize,
+) -> std::io::Result<bool> {
+    use std::io::ErrorKind;
+    while !stage.staged().is_empty() {
+        match transport.write(stage.staged()) {
+            Ok(0) => return Ok(false),
+            Ok(n) => {
+                stage.consume(n);
+                *total += n;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
 /// Writes an HTTP stream connection: its staged SSE bytes first, then the
 /// queue's entries framed for HTTP (see [`crate::worker::stream`]). A
 /// long-poll only collects; its answer is written once it is due.
@@ -223,22 +280,10 @@ fn write_stream<W: std::io::Write>(
     transport: &mut W,
     mut sent: impl FnMut(&crate::worker::conflate::Entry),
 ) -> std::io::Result<(Flushed, usize)> {
-    use std::io::ErrorKind;
     let mut total = 0;
     loop {
-        while s.has_staged() {
-            match transport.write(s.staged()) {
-                Ok(0) => return Ok((Flushed::Blocked, total)),
-                Ok(n) => {
-                    s.consume(n);
-                    total += n;
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    return Ok((Flushed::Blocked, total));
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        if !write_stage(s, transport, &mut total)? {
+            return Ok((Flushed::Blocked, total));
         }
         if out.is_empty() {
             return Ok((Flushed::Drained, total));
@@ -252,13 +297,35 @@ fn write_stream<W: std::io::Write>(
     }
 }
 
+/// Writes a batched WebSocket client: its staged messages first, then the
+/// queue's text messages batched into one (see [`crate::worker::batch`]).
+fn write_batched<W: std::io::Write>(
+    b: &mut WsBatch,
+    out: &mut OutQueue,
+    transport: &mut W,
+    mut sent: impl FnMut(&crate::worker::conflate::Entry),
+) -> std::io::Result<(Flushed, usize)> {
+    let mut total = 0;
+    loop {
+        if !write_stage(b, transport, &mut total)? {
+            return Ok((Flushed::Blocked, total));
+        }
+        if out.is_empty() {
+            return Ok((Flushed::Drained, total));
+        }
+        out.flush(&mut batch::Framer(b), &mut sent)?;
+        b.seal();
+    }
+}
+
 /// Whether a connection's writes can go through the send batch: a plain
-/// socket (TLS writes go through rustls) serving WebSocket frames (HTTP
-/// streams frame each entry on the way out) with something due.
+/// socket (TLS writes go through rustls) serving WebSocket frames as they
+/// are (HTTP streams and batched clients frame them on the way out) with
+/// something due.
 #[inline]
 fn batchable(conn: &Conn) -> bool {
     matches!(conn.transport, Transport::Plain(_))
-        && conn.endpoint != Endpoint::Stream
+        && !matches!(conn.endpoint, Endpoint::Stream | Endpoint::Batched)
         && !conn.out.is_empty()
 }
 

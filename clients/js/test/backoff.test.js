@@ -47,7 +47,7 @@ test('reconnect delays grow, cap, and reset after a connection stayed up stableM
 test('a 1008 close is retried after backoff, not at once, and getToken is asked again', async () => {
   const tokens = ['bad', 'good'];
   const { clock, WebSocket, of } = await setup({ getToken: async () => tokens.shift() });
-  assert.match(WebSocket.instances[0].url, /\?token=bad$/);
+  assert.match(WebSocket.instances[0].url, /\?token=bad&batch=1$/);
   WebSocket.instances[0].open();
   WebSocket.instances[0].serverClose(1008, 'bad signature');
   assert.equal(of('error').at(-1).code, 'policy');
@@ -56,7 +56,7 @@ test('a 1008 close is retried after backoff, not at once, and getToken is asked 
   await clock.advance(s.retryInMs - 1);
   assert.equal(WebSocket.instances.length, 1, 'no retry before the backoff');
   await clock.advance(1);
-  assert.match(WebSocket.instances[1].url, /\?token=good$/);
+  assert.match(WebSocket.instances[1].url, /\?token=good&batch=1$/);
 });
 
 test('URLs: any scheme gives the matching ws and http bases', () => {

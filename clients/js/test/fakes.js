@@ -62,6 +62,10 @@ export function fakeWebSocketClass() {
     receive(msg) {
       this.onmessage?.({ data: JSON.stringify(msg) });
     }
+    // a batched message (`/ws?batch=1`): one message per line
+    receiveBatch(msgs) {
+      this.onmessage?.({ data: msgs.map((m) => JSON.stringify(m)).join('\n') });
+    }
     fail() {
       this.readyState = 3;
       this.onerror?.({});

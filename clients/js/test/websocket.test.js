@@ -33,7 +33,7 @@ test('subscribes made in the same tick go out as one message', async () => {
 
 test('the first open subscribes everything; snapshots are delivered with their seq', async () => {
   const { tw, got, WebSocket, of } = await subscribed();
-  assert.match(WebSocket.instances[0].url, /^ws:\/\/tw\.test:8080\/ws$/);
+  assert.match(WebSocket.instances[0].url, /^ws:\/\/tw\.test:8080\/ws\?batch=1$/);
   assert.deepEqual(WebSocket.instances[0].sent, [{ op: 'subscribe', channels: ['AAPL', 'MSFT'] }]);
   assert.deepEqual(got, [{ ch: 'AAPL', seq: 41, data: { px: 41 } }, { ch: 'MSFT', seq: 7, data: { px: 7 } }]);
   assert.deepEqual(tw.positions(), { AAPL: { seq: 41, epoch: E1 }, MSFT: { seq: 7, epoch: E2 } });
@@ -112,7 +112,7 @@ test('token_expiring is answered with op auth and getToken\'s new token', async 
   let n = 0;
   const { WebSocket } = await setup({ getToken: async () => `jwt-${++n}` });
   const ws = WebSocket.instances[0];
-  assert.equal(ws.url, 'ws://tw.test:8080/ws?token=jwt-1');
+  assert.equal(ws.url, 'ws://tw.test:8080/ws?token=jwt-1&batch=1');
   ws.open();
   ws.receive({ type: 'authenticated', sub: 'u1', exp: 100 });
   ws.receive({ type: 'token_expiring', exp: 100 });
@@ -265,4 +265,20 @@ test('an error without a close (Node 22 when the handshake fails) still reconnec
   assert.equal(WebSocket.instances.length, 3, 'and a new attempt is made');
   WebSocket.instances[2].open();
   assert.deepEqual(WebSocket.instances[2].sent[0].since, { AAPL: { seq: 41, epoch: E1 }, MSFT: { seq: 7, epoch: E2 } });
+});
+
+test('a batched message is one server message per line, in order; a bad line is an error and the rest go on', async () => {
+  const { tw, got, WebSocket, of } = await subscribed();
+  const ws = WebSocket.instances[0];
+  ws.receiveBatch([upd('AAPL', 42), upd('MSFT', 8), upd('AAPL', 43)]);
+  ws.onmessage({ data: `${JSON.stringify(upd('MSFT', 9))}\nnot json\n${JSON.stringify(upd('MSFT', 10))}` });
+  assert.deepEqual(got.slice(2).map((u) => `${u.ch}:${u.seq}`), ['AAPL:42', 'MSFT:8', 'AAPL:43', 'MSFT:9', 'MSFT:10']);
+  assert.deepEqual(of('error').map((e) => e.code), ['bad_message']);
+  assert.deepEqual(of('gap'), []);
+  assert.deepEqual(tw.positions().AAPL, { seq: 43, epoch: E1 });
+});
+
+test('batch: false asks for one message per WebSocket message', async () => {
+  const { WebSocket } = await setup({ batch: false });
+  assert.equal(WebSocket.instances[0].url, 'ws://tw.test:8080/ws');
 });
