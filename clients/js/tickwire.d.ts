@@ -94,6 +94,8 @@ export interface ConnectOptions {
   failuresBeforeFallback?: number;
   /** Abort a long-poll that has not answered after this long (default 35000). */
   pollAbortMs?: number;
+  /** Ask for batched WebSocket messages, one server message per line (default true). */
+  batch?: boolean;
 
   // Injectables (tests, Node, custom environments). Default: the globals.
   WebSocket?: new (url: string) => any;
