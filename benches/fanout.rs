@@ -119,7 +119,8 @@ fn bench(c: &mut Criterion) {
     // and a copy of the payload), which the socket then takes.
     g.bench_function("1000_sse_subscribers_8_updates_coalesced", |b| {
         use tickwire::protocol::http::StreamKind;
-        use tickwire::worker::stream::{Framer, HttpStream};
+        use tickwire::worker::output::{Reframe, Stage};
+        use tickwire::worker::stream::HttpStream;
         let channels: Vec<Box<str>> = vec!["AAPL".into(), "MSFT".into()];
         let mut subs: Vec<(OutQueue, HttpStream)> = (0..SUBSCRIBERS)
             .map(|_| {
@@ -148,7 +149,8 @@ fn bench(c: &mut Criterion) {
             }
             let mut delivered = 0u64;
             for (q, s) in subs.iter_mut() {
-                q.flush(&mut Framer(s), |f| delivered += f.count()).unwrap();
+                q.flush(&mut Reframe(s), |f| delivered += f.count())
+                    .unwrap();
                 let n = sink.write(s.staged()).unwrap();
                 s.consume(n);
             }

@@ -195,25 +195,17 @@ fn coalescing_and_conflating_allocate_per_channel_per_turn_not_per_subscriber() 
     );
 }
 
-/// The SSE transport frames each delivery into the connection's reused
-/// staging buffer (an id and a copy of the payload): still no allocation per
-/// delivery once the buffers are warm.
-#[test]
-fn sse_framing_allocates_per_frame_not_per_subscriber() {
-    use tickwire::protocol::http::StreamKind;
-    use tickwire::worker::stream::{Framer, HttpStream};
+/// 1,000 subscribers framed on the way out (`make` builds each one's
+/// stage): 101 rounds of 8 updates each, the socket taking everything.
+/// Returns (deliveries, allocations in the last 100 rounds).
+fn framed_deliveries<S>(make: impl Fn() -> S) -> (u64, u64)
+where
+    S: tickwire::worker::output::Stage,
+{
     let frame = tickwire::protocol::frame::update(b"AAPL", 1, br#"{"ch":"AAPL","bid":1.5}"#);
-    let channels: Vec<Box<str>> = vec!["AAPL".into(), "MSFT".into()];
-    let mut subs: Vec<(OutQueue, HttpStream)> = (0..1000)
-        .map(|_| {
-            (
-                OutQueue::default(),
-                HttpStream::new(StreamKind::Sse, &channels, &[], 0, false),
-            )
-        })
-        .collect();
+    let mut subs: Vec<(OutQueue, S)> = (0..1000).map(|_| (OutQueue::default(), make())).collect();
     let mut deliveries = 0u64;
-    let mut round = |subs: &mut Vec<(OutQueue, HttpStream)>, frames: u64, seq0: u64| {
+    let mut round = |subs: &mut Vec<(OutQueue, S)>, frames: u64, seq0: u64| {
         for k in 0..frames {
             let f = Entry::update(Bytes::clone(&frame), ChannelId(0), seq0 + k, 0);
             for (q, _) in subs.iter_mut() {
@@ -221,10 +213,12 @@ fn sse_framing_allocates_per_frame_not_per_subscriber() {
             }
         }
         for (q, s) in subs.iter_mut() {
-            q.flush(&mut Framer(s), |_| deliveries += 1).unwrap();
             // The socket took it all.
-            let n = s.staged().len();
-            s.consume(n);
+            while !q.is_empty() {
+                s.frame_from(q, |_| deliveries += 1).unwrap();
+                let n = s.staged().len();
+                s.consume(n);
+            }
         }
     };
     round(&mut subs, 8, 1);
@@ -234,10 +228,36 @@ fn sse_framing_allocates_per_frame_not_per_subscriber() {
         round(&mut subs, 8, 100 + r * 8);
     }
     COUNTING.with(|c| c.set(false));
-    let allocations = allocations() - before;
+    (deliveries, allocations() - before)
+}
+
+/// The SSE transport frames each delivery into the connection's reused
+/// staging buffer (an id and a copy of the payload): still no allocation per
+/// delivery once the buffers are warm.
+#[test]
+fn sse_framing_allocates_per_frame_not_per_subscriber() {
+    use tickwire::protocol::http::StreamKind;
+    use tickwire::worker::stream::HttpStream;
+    let channels: Vec<Box<str>> = vec!["AAPL".into(), "MSFT".into()];
+    let (deliveries, allocations) =
+        framed_deliveries(|| HttpStream::new(StreamKind::Sse, &channels, &[], 0, false));
     assert_eq!(deliveries, 1000 * 8 * 101);
     assert!(
         allocations <= 800,
         "{allocations} allocations for 800 frames and 800,000 SSE deliveries"
+    );
+}
+
+/// A batched WebSocket client (`/ws?batch=1`) copies each delivery's
+/// payload into its reused staging buffer behind one header: no allocation
+/// per delivery either.
+#[test]
+fn batched_framing_allocates_per_frame_not_per_subscriber() {
+    use tickwire::worker::batch::WsBatch;
+    let (deliveries, allocations) = framed_deliveries(|| WsBatch::new(b""));
+    assert_eq!(deliveries, 1000 * 8 * 101);
+    assert!(
+        allocations <= 800,
+        "{allocations} allocations for 800 frames and 800,000 batched deliveries"
     );
 }

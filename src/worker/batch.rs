@@ -21,9 +21,9 @@
 //! character), so a payload's `\n` bytes (a pretty-printed publish body)
 //! become spaces: the same JSON, and lines stay messages.
 
-use std::io::{self, IoSlice, Write};
-
 use crate::protocol::frame::{self, OPCODE_TEXT};
+use crate::worker::conflate::{Entry, OutQueue};
+use crate::worker::output::{Reframe, Reframer, Stage, consume_staged};
 
 /// Bytes staged ahead of the socket at most (plus one frame): past this the
 /// queue keeps the frames, where they can conflate.
@@ -54,34 +54,6 @@ impl WsBatch {
             written: 0,
             open: None,
         }
-    }
-
-    /// Whether staged bytes wait for the socket.
-    pub fn has_staged(&self) -> bool {
-        debug_assert!(self.open.is_none(), "sealed before it is written");
-        self.written < self.buf.len()
-    }
-
-    /// The staged bytes not yet written.
-    pub fn staged(&self) -> &[u8] {
-        &self.buf[self.written..]
-    }
-
-    /// `n` staged bytes were written.
-    pub fn consume(&mut self, n: usize) {
-        self.written += n;
-        debug_assert!(self.written <= self.buf.len());
-        if self.written == self.buf.len() {
-            self.buf.clear();
-            self.written = 0;
-            if self.buf.capacity() > STAGE_KEEP {
-                self.buf.shrink_to(STAGE_KEEP);
-            }
-        }
-    }
-
-    fn full(&self) -> bool {
-        self.buf.len() - self.written >= STAGE_MAX
     }
 
     /// Adds one text message's payload to the open message.
@@ -135,46 +107,43 @@ impl WsBatch {
     }
 }
 
-/// The writer the outbound queue flushes into for a batched client: it
-/// takes whole frames (an entry of a turn's coalesced updates may be taken
-/// in parts) until 8 KiB are staged, so a blocked client holds at most that
-/// plus one frame; the queue keeps the rest, where it conflates. The caller
-/// seals the message before writing the staged bytes.
-pub struct Framer<'a>(pub &'a mut WsBatch);
-
-impl Write for Framer<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_vectored(&[IoSlice::new(buf)])
+impl Stage for WsBatch {
+    fn staged(&self) -> &[u8] {
+        debug_assert!(self.open.is_none(), "sealed before it is written");
+        &self.buf[self.written..]
     }
 
-    fn write_vectored(&mut self, entries: &[IoSlice<'_>]) -> io::Result<usize> {
-        let b = &mut *self.0;
-        let mut taken = 0;
-        for e in entries {
-            let bytes: &[u8] = e;
-            let mut used = 0;
-            for (opcode, payload) in frame::server_frames(bytes) {
-                if b.full() {
-                    break;
-                }
-                let end = payload.as_ptr() as usize - bytes.as_ptr() as usize + payload.len();
-                if opcode == OPCODE_TEXT {
-                    b.push_text(payload);
-                } else {
-                    b.push_frame(&bytes[used..end]);
-                }
-                used = end;
-            }
-            taken += used;
-            if used < bytes.len() {
-                break;
-            }
+    fn consume(&mut self, n: usize) {
+        consume_staged(&mut self.buf, &mut self.written, n, STAGE_KEEP);
+    }
+
+    fn frame_from(
+        &mut self,
+        out: &mut OutQueue,
+        sent: impl FnMut(&Entry),
+    ) -> std::io::Result<bool> {
+        out.flush(&mut Reframe(self), sent)?;
+        self.seal();
+        Ok(false)
+    }
+}
+
+/// How a batched client frames the queue's frames: text messages become
+/// lines of the open message, other frames are copied whole, until 8 KiB
+/// are staged, so a blocked client holds at most that plus one frame (the
+/// queue keeps the rest, where it conflates). The caller seals the message
+/// before writing the staged bytes.
+impl Reframer for WsBatch {
+    fn full(&self) -> bool {
+        self.buf.len() - self.written >= STAGE_MAX
+    }
+
+    fn frame(&mut self, opcode: u8, payload: &[u8], whole: &[u8]) {
+        if opcode == OPCODE_TEXT {
+            self.push_text(payload);
+        } else {
+            self.push_frame(whole);
         }
-        Ok(taken)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -182,6 +151,7 @@ impl Write for Framer<'_> {
 mod tests {
     use super::*;
     use crate::protocol::frame::{OPCODE_CLOSE, OPCODE_PING};
+    use std::io::{IoSlice, Write};
 
     /// The staged bytes as (opcode, payload) frames; every frame must be
     /// whole and minimal (as a browser checks).
@@ -202,7 +172,7 @@ mod tests {
 
     fn take(b: &mut WsBatch, entries: &[&[u8]]) -> usize {
         let slices: Vec<IoSlice<'_>> = entries.iter().map(|e| IoSlice::new(e)).collect();
-        let n = Framer(b).write_vectored(&slices).unwrap();
+        let n = Reframe(b).write_vectored(&slices).unwrap();
         b.seal();
         n
     }
@@ -304,7 +274,7 @@ mod tests {
         assert_eq!(take(&mut b, &[&packed]), 0, "full");
         let n = b.staged().len();
         b.consume(n);
-        assert!(!b.has_staged());
+        assert!(b.staged().is_empty());
         assert!(b.buf.capacity() <= STAGE_KEEP);
         assert_eq!(take(&mut b, &[&packed[2 * u.len()..]]), u.len());
         let close = frame::close(frame::CloseCode::ServiceRestart, "bye");

@@ -10,13 +10,10 @@ use hdrhistogram::Histogram;
 use crate::channel::ChannelId;
 use crate::clock;
 use crate::metrics::{self, WorkerCounters};
-use crate::protocol::http::StreamKind;
 use crate::transport::Transport;
 use crate::worker::Worker;
-use crate::worker::batch::{self, WsBatch};
 use crate::worker::conflate::{Flushed, IOV_BATCH, OutQueue};
 use crate::worker::conn::{Conn, Endpoint, Framing, Phase};
-use crate::worker::stream::{Framer, HttpStream};
 
 /// A queue that grew past this many entries is freed when it empties, so a
 /// burst does not pin memory on an idle connection.
@@ -184,11 +181,11 @@ fn write_out_sent(
         }
         ((Framing::Http(s), out, transport), first) => {
             debug_assert!(first.is_none(), "streams are not in the send batch");
-            write_stream(s, out, transport, sent)
+            write_staged(s, out, transport, sent)
         }
         ((Framing::Batched(b), out, transport), first) => {
             debug_assert!(first.is_none(), "batched clients are not in the send batch");
-            write_batched(b, out, transport, sent)
+            write_staged(b, out, transport, sent)
         }
     };
     let result = match result {
@@ -221,100 +218,116 @@ fn write_out_sent(
     }
 }
 
-/// A buffer of bytes framed ahead of the socket: an SSE stream's events or
-/// a batched client's messages.
+/// What frames a queue's server frames for another wire format, one whole
+/// frame at a time (an HTTP stream, a batched client).
+pub trait Reframer {
+    /// Takes no more this pass: the queue keeps the rest, where it can
+    /// conflate.
+    fn full(&self) -> bool;
+    /// Takes one frame: its opcode, payload, and whole bytes.
+    fn frame(&mut self, opcode: u8, payload: &[u8], whole: &[u8]);
+}
+
+/// The writer the outbound queue flushes into for a [`Reframer`]: it takes
+/// whole frames (an entry of a turn's coalesced updates may be taken in
+/// parts) until the reframer is full, and reports the bytes of the frames
+/// taken as written.
+pub struct Reframe<'a, R>(pub &'a mut R);
+
+impl<R: Reframer> std::io::Write for Reframe<'_, R> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_vectored(&[std::io::IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, entries: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        let r = &mut *self.0;
+        let mut taken = 0;
+        for e in entries {
+            let bytes: &[u8] = e;
+            let mut used = 0;
+            for (opcode, payload) in crate::protocol::frame::server_frames(bytes) {
+                if r.full() {
+                    break;
+                }
+                // The end of this frame within the entry.
+                let end = payload.as_ptr() as usize - bytes.as_ptr() as usize + payload.len();
+                r.frame(opcode, payload, &bytes[used..end]);
+                used = end;
+            }
+            taken += used;
+            if used < bytes.len() {
+                break;
+            }
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Bytes framed ahead of the socket, from the queue's entries: an SSE
+/// stream's events, a batched client's messages.
 pub trait Stage {
     /// The bytes not yet written.
     fn staged(&self) -> &[u8];
     /// `n` of them were written.
     fn consume(&mut self, n: usize);
+    /// Frames more of `out` into the stage; `true` when the connection is
+    /// done writing for now (a long-poll only collects).
+    fn frame_from(
+        &mut self,
+        out: &mut OutQueue,
+        sent: impl FnMut(&crate::worker::conflate::Entry),
+    ) -> std::io::Result<bool>;
 }
 
-impl Stage for HttpStream {
-    fn staged(&self) -> &[u8] {
-        HttpStream::staged(self)
-    }
-    fn consume(&mut self, n: usize) {
-        HttpStream::consume(self, n);
-    }
-}
-
-impl Stage for WsBatch {
-    fn staged(&self) -> &[u8] {
-        WsBatch::staged(self)
-    }
-    fn consume(&mut self, n: usize) {
-        WsBatch::consume(self, n);
+/// `n` more bytes of `buf` from `written` on went out; a drained buffer
+/// starts over, and gives back a burst's capacity past `keep` (so ten
+/// thousand clients that each once took a burst do not each hold its peak).
+pub fn consume_staged(buf: &mut Vec<u8>, written: &mut usize, n: usize, keep: usize) {
+    *written += n;
+    debug_assert!(*written <= buf.len());
+    if *written == buf.len() {
+        buf.clear();
+        *written = 0;
+        if buf.capacity() > keep {
+            buf.shrink_to(keep);
+        }
     }
 }
 
-/// Writes `stage` until it is empty (`true`) or the socket takes no more
-/// (`false`), adding what was written to `total`.
-fn write_stage<S: Stage, W: std::io::Write>(
+/// Writes a connection whose queue is framed on the way out (an HTTP
+/// stream, see [`crate::worker::stream`]; a batched client, see
+/// [`crate::worker::batch`]): its staged bytes first, then more of the
+/// queue framed, until the socket takes no more or both are empty.
+fn write_staged<S: Stage, W: std::io::Write>(
     stage: &mut S,
+    out: &mut OutQueue,
     transport: &mut W,
-    total: &mut usize,
-) -> std::io::Result<bool> {
+    mut sent: impl FnMut(&crate::worker::conflate::Entry),
+) -> std::io::Result<(Flushed, usize)> {
     use std::io::ErrorKind;
-    while !stage.staged().is_empty() {
-        match transport.write(stage.staged()) {
-            Ok(0) => return Ok(false),
-            Ok(n) => {
-                stage.consume(n);
-                *total += n;
+    let mut total = 0;
+    loop {
+        while !stage.staged().is_empty() {
+            match transport.write(stage.staged()) {
+                Ok(0) => return Ok((Flushed::Blocked, total)),
+                Ok(n) => {
+                    stage.consume(n);
+                    total += n;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    return Ok((Flushed::Blocked, total));
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
         }
-    }
-    Ok(true)
-}
-
-/// Writes an HTTP stream connection: its staged SSE bytes first, then the
-/// queue's entries framed for HTTP (see [`crate::worker::stream`]). A
-/// long-poll only collects; its answer is written once it is due.
-fn write_stream<W: std::io::Write>(
-    s: &mut HttpStream,
-    out: &mut OutQueue,
-    transport: &mut W,
-    mut sent: impl FnMut(&crate::worker::conflate::Entry),
-) -> std::io::Result<(Flushed, usize)> {
-    let mut total = 0;
-    loop {
-        if !write_stage(s, transport, &mut total)? {
-            return Ok((Flushed::Blocked, total));
-        }
-        if out.is_empty() {
+        if out.is_empty() || stage.frame_from(out, &mut sent)? {
             return Ok((Flushed::Drained, total));
         }
-        out.flush(&mut Framer(s), &mut sent)?;
-        if s.kind == StreamKind::Poll {
-            // The framer took everything.
-            debug_assert!(out.is_empty());
-            return Ok((Flushed::Drained, total));
-        }
-    }
-}
-
-/// Writes a batched WebSocket client: its staged messages first, then the
-/// queue's text messages batched into one (see [`crate::worker::batch`]).
-fn write_batched<W: std::io::Write>(
-    b: &mut WsBatch,
-    out: &mut OutQueue,
-    transport: &mut W,
-    mut sent: impl FnMut(&crate::worker::conflate::Entry),
-) -> std::io::Result<(Flushed, usize)> {
-    let mut total = 0;
-    loop {
-        if !write_stage(b, transport, &mut total)? {
-            return Ok((Flushed::Blocked, total));
-        }
-        if out.is_empty() {
-            return Ok((Flushed::Drained, total));
-        }
-        out.flush(&mut batch::Framer(b), &mut sent)?;
-        b.seal();
     }
 }
 

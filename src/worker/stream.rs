@@ -16,14 +16,13 @@
 //!   server keeps no session: any node can answer the next poll) and reads
 //!   the next request (keep-alive).
 
-use std::io::{self, IoSlice, Write};
-
 use crate::protocol::frame::{self, OPCODE_CLOSE, OPCODE_PING, OPCODE_TEXT};
 use crate::protocol::http::{self, StreamKind};
 use crate::protocol::resume;
 use crate::worker::Worker;
-use crate::worker::conflate::Entry;
+use crate::worker::conflate::{Entry, OutQueue};
 use crate::worker::conn::{Conn, Phase};
+use crate::worker::output::{Reframe, Reframer, Stage, consume_staged};
 use crate::worker::subscriptions::Subscriptions;
 use crate::worker::timers;
 
@@ -105,29 +104,6 @@ impl HttpStream {
             deadline_ms,
             close,
             ended: false,
-        }
-    }
-
-    /// SSE: whether staged bytes wait for the socket.
-    pub fn has_staged(&self) -> bool {
-        self.written < self.buf.len()
-    }
-
-    /// SSE: the staged bytes not yet written.
-    pub fn staged(&self) -> &[u8] {
-        &self.buf[self.written..]
-    }
-
-    /// SSE: `n` staged bytes were written.
-    pub fn consume(&mut self, n: usize) {
-        self.written += n;
-        debug_assert!(self.written <= self.buf.len());
-        if self.written == self.buf.len() {
-            self.buf.clear();
-            self.written = 0;
-            if self.buf.capacity() > SSE_STAGE_KEEP {
-                self.buf.shrink_to(SSE_STAGE_KEEP);
-            }
         }
     }
 
@@ -336,44 +312,41 @@ impl Worker {
     }
 }
 
-/// The writer the outbound queue flushes into for a stream connection: it
-/// takes whole frames (an entry of a turn's coalesced updates may be taken
-/// in parts, each frame framed once) and frames them into the stream's
-/// buffer. SSE stops taking at 8 KiB staged, so a blocked stream holds at
-/// most that plus one event (the queue sees a full transport and keeps the
-/// rest, where it conflates); long-poll takes everything (its answer is
-/// bounded by the budget: the worker answers once it passes it).
-pub struct Framer<'a>(pub &'a mut HttpStream);
-
-impl Write for Framer<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.write_vectored(&[IoSlice::new(buf)])
+impl Stage for HttpStream {
+    /// SSE: the staged bytes not yet written.
+    fn staged(&self) -> &[u8] {
+        &self.buf[self.written..]
     }
 
-    fn write_vectored(&mut self, entries: &[IoSlice<'_>]) -> io::Result<usize> {
-        let s = &mut *self.0;
-        let mut taken = 0;
-        for e in entries {
-            let bytes: &[u8] = e;
-            let mut used = 0;
-            for (opcode, payload) in frame::server_frames(bytes) {
-                if s.kind == StreamKind::Sse && s.buf.len() >= SSE_STAGE_MAX {
-                    break;
-                }
-                s.frame_one(opcode, payload);
-                // The end of this frame within the entry.
-                used = payload.as_ptr() as usize - bytes.as_ptr() as usize + payload.len();
-            }
-            taken += used;
-            if used < bytes.len() {
-                break;
-            }
-        }
-        Ok(taken)
+    fn consume(&mut self, n: usize) {
+        consume_staged(&mut self.buf, &mut self.written, n, SSE_STAGE_KEEP);
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+    fn frame_from(
+        &mut self,
+        out: &mut OutQueue,
+        sent: impl FnMut(&Entry),
+    ) -> std::io::Result<bool> {
+        out.flush(&mut Reframe(self), sent)?;
+        // A long-poll's framer took everything; its answer is written once
+        // it is due.
+        debug_assert!(self.kind != StreamKind::Poll || out.is_empty());
+        Ok(self.kind == StreamKind::Poll)
+    }
+}
+
+/// How a stream frames the queue's frames: SSE stops taking at 8 KiB
+/// staged, so a blocked stream holds at most that plus one event (the
+/// queue sees a full transport and keeps the rest, where it conflates);
+/// long-poll takes everything (its answer is bounded by the budget: the
+/// worker answers once it passes it).
+impl Reframer for HttpStream {
+    fn full(&self) -> bool {
+        self.kind == StreamKind::Sse && self.buf.len() >= SSE_STAGE_MAX
+    }
+
+    fn frame(&mut self, opcode: u8, payload: &[u8], _whole: &[u8]) {
+        self.frame_one(opcode, payload);
     }
 }
 
@@ -382,6 +355,7 @@ mod tests {
     use super::*;
     use crate::ingest::history::Position;
     use crate::protocol::client;
+    use std::io::{IoSlice, Write};
 
     fn since(ch: &str, seq: u64, epoch: &str) -> resume::Entry {
         resume::Entry {
@@ -402,7 +376,7 @@ mod tests {
         let chans: Vec<Box<str>> = vec!["A".into(), "B".into()];
         let mut s = HttpStream::new(StreamKind::Sse, &chans, &[since("A", 4, "e1")], 0, false);
         s.consume(s.staged().len());
-        let mut w = Framer(&mut s);
+        let mut w = Reframe(&mut s);
         let ack = client::subscribed_frame(&chans, &[("A", 4, "e1"), ("B", 9, "e2")]);
         w.write_all(&ack).unwrap();
         w.write_all(&frame::update(b"A", 5, b"{}")).unwrap();
@@ -419,7 +393,7 @@ mod tests {
         let chans: Vec<Box<str>> = vec!["A".into()];
         let mut s = HttpStream::new(StreamKind::Sse, &chans, &[since("A", 4, "old")], 0, false);
         s.consume(s.staged().len());
-        let mut w = Framer(&mut s);
+        let mut w = Reframe(&mut s);
         w.write_all(&client::resync_frame("A", "new", "epoch changed"))
             .unwrap();
         w.write_all(&frame::build(OPCODE_PING, b"")).unwrap();
@@ -445,29 +419,29 @@ mod tests {
         let big = vec![b'1'; SSE_STAGE_MAX * 5 / 8];
         let f = frame::update(b"A", 1, &big);
         let slices = [IoSlice::new(&f), IoSlice::new(&f), IoSlice::new(&f)];
-        let taken = Framer(&mut s).write_vectored(&slices).unwrap();
+        let taken = Reframe(&mut s).write_vectored(&slices).unwrap();
         assert_eq!(taken, 2 * f.len(), "whole frames only, up to the cap");
-        assert_eq!(Framer(&mut s).write_vectored(&slices).unwrap(), 0);
+        assert_eq!(Reframe(&mut s).write_vectored(&slices).unwrap(), 0);
         s.consume(s.staged().len());
-        assert!(!s.has_staged());
+        assert!(s.staged().is_empty());
         // A coalesced entry (frames back to back) is taken frame by frame.
         let packed = [f.clone(), f.clone(), f.clone()].concat();
-        let taken = Framer(&mut s).write(&packed).unwrap();
+        let taken = Reframe(&mut s).write(&packed).unwrap();
         assert_eq!(taken, 2 * f.len(), "stops at a frame boundary");
         s.consume(s.staged().len());
-        assert_eq!(Framer(&mut s).write(&packed[taken..]).unwrap(), f.len());
+        assert_eq!(Reframe(&mut s).write(&packed[taken..]).unwrap(), f.len());
     }
 
     #[test]
     fn a_poll_collects_messages_and_answers_with_the_next_token() {
         let chans: Vec<Box<str>> = vec!["A".into(), "B".into()];
         let mut s = HttpStream::new(StreamKind::Poll, &chans, &[since("A", 1, "e")], 0, false);
-        let mut w = Framer(&mut s);
+        let mut w = Reframe(&mut s);
         let ack = client::subscribed_frame(&chans, &[("A", 1, "e"), ("B", 3, "e")]);
         w.write_all(&ack).unwrap();
         w.write_all(&frame::build(OPCODE_PING, b"")).unwrap();
         assert_eq!(s.messages(), 0, "acks and pings are not messages");
-        let mut w = Framer(&mut s);
+        let mut w = Reframe(&mut s);
         w.write_all(&frame::update(b"A", 2, b"1")).unwrap();
         w.write_all(&frame::update(b"B", 3, b"2")).unwrap();
         let body: serde_json::Value = serde_json::from_slice(&s.poll_body()).unwrap();
@@ -479,7 +453,7 @@ mod tests {
     #[test]
     fn a_drained_stream_gives_back_a_burst_s_buffer() {
         let mut s = HttpStream::new(StreamKind::Sse, &["A".into()], &[], 0, false);
-        let mut w = Framer(&mut s);
+        let mut w = Reframe(&mut s);
         // One entry is always taken whole, however large.
         let big = vec![b'1'; 5 * SSE_STAGE_MAX];
         w.write_all(&frame::update(b"A", 1, &big)).unwrap();
@@ -492,7 +466,7 @@ mod tests {
         s.consume(n - 1);
         assert!(s.buf.capacity() > SSE_STAGE_KEEP, "kept while bytes wait");
         s.consume(1);
-        assert!(!s.has_staged());
+        assert!(s.staged().is_empty());
         assert!(s.buf.capacity() <= SSE_STAGE_KEEP, "{}", s.buf.capacity());
     }
 }
