@@ -119,45 +119,58 @@ fn bench(c: &mut Criterion) {
     // and a copy of the payload), which the socket then takes.
     g.bench_function("1000_sse_subscribers_8_updates_coalesced", |b| {
         use tickwire::protocol::http::StreamKind;
-        use tickwire::worker::output::{Reframe, Stage};
         use tickwire::worker::stream::HttpStream;
         let channels: Vec<Box<str>> = vec!["AAPL".into(), "MSFT".into()];
-        let mut subs: Vec<(OutQueue, HttpStream)> = (0..SUBSCRIBERS)
-            .map(|_| {
-                (
-                    OutQueue::default(),
-                    HttpStream::new(StreamKind::Sse, &channels, &[], 0, false),
-                )
-            })
-            .collect();
-        let mut coalescer = Coalescer::new(32 * 1024);
-        let mut sink = Sink(0);
-        let mut seq = 0;
-        b.iter(|| {
-            for _ in 0..8 {
-                seq += 1;
-                assert!(
-                    coalescer
-                        .add(ChannelId(0), seq, 0, Bytes::clone(&frame))
-                        .is_none()
-                );
+        staged_turns(b, &frame, || {
+            HttpStream::new(StreamKind::Sse, &channels, &[], 0, false)
+        });
+    });
+    // And to batched WebSocket clients (`/ws?batch=1`): the turn's payloads
+    // copied behind one header into the staging buffer.
+    g.bench_function("1000_batched_subscribers_8_updates_coalesced", |b| {
+        staged_turns(b, &frame, || tickwire::worker::batch::WsBatch::new(b""));
+    });
+    g.finish();
+}
+
+/// A turn of 8 coalesced updates to 1,000 subscribers whose queues are
+/// framed on the way out (`make` builds each one's stage), the socket
+/// taking every staged byte.
+fn staged_turns<S: tickwire::worker::output::Stage>(
+    b: &mut criterion::Bencher<'_>,
+    frame: &Bytes,
+    make: impl Fn() -> S,
+) {
+    let mut subs: Vec<(OutQueue, S)> = (0..SUBSCRIBERS)
+        .map(|_| (OutQueue::default(), make()))
+        .collect();
+    let mut coalescer = Coalescer::new(32 * 1024);
+    let mut sink = Sink(0);
+    let mut seq = 0;
+    b.iter(|| {
+        for _ in 0..8 {
+            seq += 1;
+            assert!(
+                coalescer
+                    .add(ChannelId(0), seq, 0, Bytes::clone(frame))
+                    .is_none()
+            );
+        }
+        for f in coalescer.drain() {
+            for (q, _) in subs.iter_mut() {
+                q.push_update(Rc::clone(&f), 256 * 1024);
             }
-            for f in coalescer.drain() {
-                for (q, _) in subs.iter_mut() {
-                    q.push_update(Rc::clone(&f), 256 * 1024);
-                }
-            }
-            let mut delivered = 0u64;
-            for (q, s) in subs.iter_mut() {
-                q.flush(&mut Reframe(s), |f| delivered += f.count())
-                    .unwrap();
+        }
+        let mut delivered = 0u64;
+        for (q, s) in subs.iter_mut() {
+            while !q.is_empty() {
+                s.frame_from(q, |f| delivered += f.count()).unwrap();
                 let n = sink.write(s.staged()).unwrap();
                 s.consume(n);
             }
-            black_box(delivered)
-        })
-    });
-    g.finish();
+        }
+        black_box(delivered)
+    })
 }
 
 criterion_group!(benches, bench);
