@@ -68,8 +68,12 @@ fn tls_connect(
 }
 
 fn wss(addr: SocketAddr, root: &CertificateDer<'static>) -> TlsWs {
+    wss_at(addr, root, "/ws")
+}
+
+fn wss_at(addr: SocketAddr, root: &CertificateDer<'static>, path: &str) -> TlsWs {
     let stream = tls_connect(addr, &[root]);
-    let (ws, resp) = tungstenite::client(format!("wss://localhost:{}/ws", addr.port()), stream)
+    let (ws, resp) = tungstenite::client(format!("wss://localhost:{}{path}", addr.port()), stream)
         .expect("wss handshake");
     assert_eq!(resp.status().as_u16(), 101);
     ws
@@ -79,6 +83,22 @@ fn recv_json(ws: &mut TlsWs) -> serde_json::Value {
     loop {
         match ws.read().expect("wss read") {
             Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// A batched client's next message (`/ws?batch=1`): its lines.
+fn recv_lines(ws: &mut TlsWs) -> Vec<serde_json::Value> {
+    loop {
+        match ws.read().expect("wss read") {
+            Message::Text(t) => {
+                return t
+                    .split('\n')
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+            }
             Message::Ping(_) | Message::Pong(_) => {}
             other => panic!("unexpected {other:?}"),
         }
@@ -126,6 +146,13 @@ fn wss_delivers_every_seq_and_https_serves_health() {
     let s = start_tls(&p);
     let mut ws = wss(s.listen, &p.der);
     subscribe(&mut ws, "AAPL");
+    // A batched client beside it: its messages go through the TLS writer
+    // from the staging buffer.
+    let mut batched = wss_at(s.listen, &p.der, "/ws?batch=1");
+    batched
+        .send(Message::text(r#"{"op":"subscribe","channels":["AAPL"]}"#))
+        .unwrap();
+    assert_eq!(recv_lines(&mut batched)[0]["type"], "subscribed");
     // A plain-text client on the TLS port is refused by the handshake; it
     // must cost nobody else their data.
     let mut plain = TcpStream::connect(s.listen).unwrap();
@@ -146,6 +173,23 @@ fn wss_delivers_every_seq_and_https_serves_health() {
         feed.send(&tick("AAPL", i));
     }
     expect_seqs(&mut ws, "AAPL", 1, 2000);
+    let (mut want, mut messages) = (1, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while want <= 2000 {
+        assert!(
+            Instant::now() < deadline,
+            "batched: timed out at seq {want}"
+        );
+        messages += 1;
+        for v in recv_lines(&mut batched) {
+            assert_eq!(v["seq"].as_u64(), Some(want), "batched: {v}");
+            want += 1;
+        }
+    }
+    assert!(
+        messages < 2000,
+        "batched: 2,000 updates in {messages} messages"
+    );
     plain
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
