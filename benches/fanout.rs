@@ -94,14 +94,7 @@ fn bench(c: &mut Criterion) {
         let mut sink = Sink(0);
         let mut seq = 0;
         b.iter(|| {
-            for _ in 0..8 {
-                seq += 1;
-                assert!(
-                    coalescer
-                        .add(ChannelId(0), seq, 0, Bytes::clone(&frame))
-                        .is_none()
-                );
-            }
+            add_turn(&mut coalescer, &mut seq, &frame);
             for f in coalescer.drain() {
                 for q in queues.iter_mut() {
                     q.push_update(Rc::clone(&f), 256 * 1024);
@@ -133,6 +126,19 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// A turn's 8 updates of the channel into the coalescer (none hands out a
+/// batch: 8 frames stay under its 32 KiB).
+fn add_turn(coalescer: &mut Coalescer, seq: &mut u64, frame: &Bytes) {
+    for _ in 0..8 {
+        *seq += 1;
+        assert!(
+            coalescer
+                .add(ChannelId(0), *seq, 0, Bytes::clone(frame))
+                .is_none()
+        );
+    }
+}
+
 /// A turn of 8 coalesced updates to 1,000 subscribers whose queues are
 /// framed on the way out (`make` builds each one's stage), the socket
 /// taking every staged byte.
@@ -148,14 +154,7 @@ fn staged_turns<S: tickwire::worker::output::Stage>(
     let mut sink = Sink(0);
     let mut seq = 0;
     b.iter(|| {
-        for _ in 0..8 {
-            seq += 1;
-            assert!(
-                coalescer
-                    .add(ChannelId(0), seq, 0, Bytes::clone(frame))
-                    .is_none()
-            );
-        }
+        add_turn(&mut coalescer, &mut seq, frame);
         for f in coalescer.drain() {
             for (q, _) in subs.iter_mut() {
                 q.push_update(Rc::clone(&f), 256 * 1024);
