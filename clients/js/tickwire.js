@@ -559,8 +559,7 @@ export class TickwireClient {
       const text = typeof ev.data === 'string' ? ev.data : String(ev.data);
       // Batched: one server message per line (a line never holds a raw
       // newline: the server turns a payload's into spaces).
-      const lines = text.indexOf('\n') < 0 ? [text] : text.split('\n');
-      for (const line of lines) {
+      for (const line of text.split('\n')) {
         let msg;
         try {
           msg = JSON.parse(line);
