@@ -778,15 +778,16 @@ fn table_s2(md: &mut String, rs: &[&Value]) {
     let _ = writeln!(
         md,
         "<details><summary>All steps</summary>\n\n| engine | ticks/s | offered/s | delivered/s \
-         | p50 | p99 | max | gaps | CPU µs/deliv. | server CPU | loadgen CPU | sustained |\n\
-         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+         | p50 | p99 | max | gaps | CPU µs/deliv. | server CPU | loadgen CPU | deliv./write \
+         | sustained |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
     );
     for r in rs {
         for s in r["steps"].as_array().into_iter().flatten() {
             let lg = &s["loadgen"];
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r["engine"].as_str().unwrap_or("?"),
                 fmt_int(&s["rate"]),
                 fmt_rate(f(&s["offered_deliveries_per_sec"])),
@@ -798,6 +799,8 @@ fn table_s2(md: &mut String, rs: &[&Value]) {
                 fmt_num(f(&s["server"]["cpu_us_per_delivery"]), 3),
                 f(&s["server"]["cpu_percent"]).map_or("–".into(), |x| format!("{x:.0}%")),
                 f(&lg["loadgen_cpu_percent"]).map_or("–".into(), |x| format!("{x:.0}%")),
+                // tickwire's own count (perf/run reads /metrics); none for peers.
+                fmt_num(f(&s["engine_counters"]["deliveries_per_write"]), 1),
                 match (s["sustained"] == true, s["attempt"].as_u64() == Some(2)) {
                     (true, false) => "yes".to_string(),
                     (true, true) => "yes (2nd try)".to_string(),
@@ -1207,6 +1210,41 @@ mod tests {
         assert!(
             md.contains("| 100 | 4.00 ms / 1.000 (not sustained) | – |"),
             "{md}"
+        );
+    }
+
+    #[test]
+    fn all_steps_give_tickwires_deliveries_per_write_and_none_for_a_peer() {
+        let counted = r#"{"rate":50,"sustained":true,"loadgen":{"latency_us":{"p99":1000}},
+            "server":{"cpu_us_per_delivery":1.0},
+            "engine_counters":{"deliveries":460,"writes":20,"deliveries_per_write":23.0}}"#;
+        let run: Value = serde_json::from_str(&format!(
+            r#"{{"scenarios":["S2"],"engines":["tickwire","baseline"],
+                "params":{{"S2":{{"title":"t","connections":10,"steps":[50]}}}},
+                "results":[
+                  {{"scenario":"S2","engine":"baseline","status":"ok","best_step":0,
+                    "steps":[{}]}},
+                  {{"scenario":"S2","engine":"tickwire","status":"ok","best_step":0,
+                    "steps":[{counted}]}}]}}"#,
+            step_json(50, 2000.0, 2.0, true),
+        ))
+        .unwrap();
+        let md = render_markdown(&run, Path::new("x.json"), None, "plots", &[]);
+        let row = |engine: &str| {
+            md.lines()
+                .find(|l| l.starts_with(&format!("| {engine} | 50 |")))
+                .unwrap_or_else(|| panic!("no {engine} step row in\n{md}"))
+                .to_string()
+        };
+        assert!(
+            row("tickwire").ends_with("| 23.0 | yes |"),
+            "{}",
+            row("tickwire")
+        );
+        assert!(
+            row("baseline").ends_with("| – | yes |"),
+            "{}",
+            row("baseline")
         );
     }
 
