@@ -7,13 +7,6 @@
 //! measure on (speculation mitigations), a tenth of the CPU per delivery
 //! (perf/DEFAULTS.md, "Batched sends").
 //!
-//! A submission is one stretch in the kernel: nothing else runs on this core
-//! until it returns (the kernels we run on do not preempt kernel code). So a
-//! batch also ends at [`BATCH_BYTES`]: big writes (a client that fell behind,
-//! a fast feed) cost mostly their copy, which batching does not save, and 64
-//! of them would hold the core for a millisecond or more (perf/DEFAULTS.md,
-//! "A batch ends at 32 KiB").
-//!
 //! The contract is that of a non-blocking write, so the write path does not
 //! change: each send carries `MSG_DONTWAIT`, so the kernel runs it inline and
 //! a full socket completes at once with `EAGAIN`, as `send` would return.
@@ -25,17 +18,9 @@ use std::os::fd::RawFd;
 
 use io_uring::{IoUring, opcode, squeue, types};
 
-/// Most sends per submission: the refresh stride, so that a pass refresh
-/// (fresh updates taken off the ring) falls between two batches.
+/// Sends per submission. A pass refreshes (takes fresh updates off the
+/// ring) between batches, so a batch is as long as the refresh stride.
 pub const BATCH: usize = crate::worker::output::REFRESH_EVERY;
-
-/// Bytes after which a batch is submitted, whatever its count: at 3,200
-/// ticks/s to 1,000 clients on 2 cores a write carries about 7.5 KiB, and a
-/// batch of 64 of them kept a core for about 1.3 ms. A feed process woken on
-/// that core then moved to the other one and took its time from the
-/// clients' reader: the clients' p99 rose by half. Small writes, where the
-/// syscall saving is, still go 64 at a time (64 frames of 500 bytes).
-pub const BATCH_BYTES: usize = 32 * 1024;
 
 /// Buffers per send: what one gathered write offers.
 pub const MAX_BUFS: usize = crate::worker::conflate::IOV_BATCH;
@@ -48,12 +33,10 @@ struct Queued {
     result: i32,
 }
 
-/// Up to [`BATCH`] sends, or [`BATCH_BYTES`], waiting for one submission.
+/// Up to [`BATCH`] sends waiting for one submission.
 pub struct SendBatch {
     ring: IoUring,
     queued: Vec<Queued>,
-    /// Bytes the queued sends offer.
-    bytes: usize,
     /// Iovecs of gathered sends, [`MAX_BUFS`] per send, and their message
     /// headers: fixed arrays, so what the kernel is given stays put until
     /// the submission returns.
@@ -95,7 +78,6 @@ impl SendBatch {
         Ok(SendBatch {
             ring,
             queued: Vec::with_capacity(BATCH),
-            bytes: 0,
             iovecs: vec![empty_iov; BATCH * MAX_BUFS].into_boxed_slice(),
             headers: vec![empty_hdr; BATCH].into_boxed_slice(),
         })
@@ -113,11 +95,10 @@ impl SendBatch {
         self.queued.is_empty()
     }
 
-    /// Whether the batch is due: [`BATCH`] sends, or [`BATCH_BYTES`]
-    /// offered. Submit before pushing another.
+    /// Whether another send would not fit: submit first.
     #[inline]
     pub fn is_full(&self) -> bool {
-        self.queued.len() == BATCH || self.bytes >= BATCH_BYTES
+        self.queued.len() == BATCH
     }
 
     /// Queues a send of `bufs` to `fd` on behalf of connection `slot`.
@@ -164,7 +145,6 @@ impl SendBatch {
                 .push(&entry)
                 .expect("the submission queue holds a batch");
         }
-        self.bytes += offered;
         self.queued.push(Queued {
             slot,
             offered,
@@ -177,7 +157,6 @@ impl SendBatch {
     /// they were queued; the next [`SendBatch::push`] starts a new batch.
     pub fn submit(&mut self) -> impl Iterator<Item = (u32, usize, io::Result<usize>)> + '_ {
         let want = self.queued.len();
-        self.bytes = 0;
         let mut done = 0;
         while done < want {
             match self.ring.submit_and_wait(want - done) {
@@ -317,34 +296,6 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert!(failed, "sends to a closed peer kept succeeding");
-    }
-
-    #[test]
-    fn a_batch_is_due_at_batch_bytes_and_starts_empty_after_submit() {
-        let mut batch = ring();
-        let (a, mut b) = pair();
-        let chunk = vec![b'y'; BATCH_BYTES / 4];
-        for i in 0..4 {
-            assert!(
-                !batch.is_full(),
-                "full after {i} sends of {} bytes",
-                chunk.len()
-            );
-            // SAFETY: `chunk` and the socket outlive the submission.
-            unsafe { batch.push(a.as_raw_fd(), i, &[IoSlice::new(&chunk)]) };
-        }
-        assert!(batch.is_full(), "{BATCH_BYTES} bytes queued and not due");
-        assert_eq!(batch.len(), 4);
-        let sent: usize = batch.submit().map(|(_, _, r)| r.unwrap()).sum();
-        assert_eq!(sent, BATCH_BYTES);
-        // The next batch counts from zero.
-        // SAFETY: as above.
-        unsafe { batch.push(a.as_raw_fd(), 9, &[IoSlice::new(&chunk[..1])]) };
-        assert!(!batch.is_full());
-        assert_eq!(batch.submit().count(), 1);
-        let mut buf = vec![0u8; BATCH_BYTES + 1];
-        b.read_exact(&mut buf).unwrap();
-        assert!(buf.iter().all(|&c| c == b'y'));
     }
 
     #[test]
