@@ -117,13 +117,23 @@ pub struct Guard {
 #[derive(Debug, Default)]
 struct Attached {
     auth: ConnAuth,
-    /// On `/sse` or `/poll`: how its frames are written for HTTP. Boxed
-    /// apart: an authenticated WebSocket client would otherwise carry its
-    /// 80 bytes. Set and taken through [`Conn`], whose `endpoint` says
-    /// whether it is here.
-    stream: Option<Box<crate::worker::stream::HttpStream>>,
+    /// How its frames are written, when not as they are. Set and taken
+    /// through [`Conn`], whose `endpoint` says which it is.
+    framer: Framer,
+}
+
+/// The state a connection's writes need beyond its queue: at most one of an
+/// HTTP stream and batched messages. Boxed apart: an authenticated WebSocket
+/// client would otherwise carry their bytes.
+#[derive(Debug, Default)]
+enum Framer {
+    /// Frames go out as they are.
+    #[default]
+    None,
+    /// On `/sse` or `/poll`: how its frames are written for HTTP.
+    Http(Box<crate::worker::stream::HttpStream>),
     /// With `?batch=1`: the staging buffer of its batched messages.
-    batch: Option<Box<crate::worker::batch::WsBatch>>,
+    Batched(Box<crate::worker::batch::WsBatch>),
 }
 
 /// How a connection's queue reaches its transport.
@@ -162,7 +172,10 @@ impl Guard {
     }
 
     fn stream(&self) -> Option<&crate::worker::stream::HttpStream> {
-        self.attached.as_ref()?.stream.as_deref()
+        match &self.attached.as_ref()?.framer {
+            Framer::Http(s) => Some(s),
+            _ => None,
+        }
     }
 }
 
@@ -272,10 +285,10 @@ impl Conn {
                     .as_deref_mut()
                     .and_then(|g| g.attached.as_deref_mut())
                     .expect("the endpoint mirrors the guard");
-                match (a.stream.as_deref_mut(), a.batch.as_deref_mut()) {
-                    (Some(s), _) => Framing::Http(s),
-                    (None, Some(b)) => Framing::Batched(b),
-                    (None, None) => unreachable!("the endpoint mirrors the guard"),
+                match &mut a.framer {
+                    Framer::Http(s) => Framing::Http(s),
+                    Framer::Batched(b) => Framing::Batched(b),
+                    Framer::None => unreachable!("the endpoint mirrors the guard"),
                 }
             }
         };
@@ -286,15 +299,15 @@ impl Conn {
     /// `head` (the 101 response).
     pub fn set_batched(&mut self, head: &[u8]) {
         let guard = self.guard.get_or_insert_with(Box::default);
-        guard.attached.get_or_insert_with(Box::default).batch =
-            Some(Box::new(crate::worker::batch::WsBatch::new(head)));
+        guard.attached.get_or_insert_with(Box::default).framer =
+            Framer::Batched(Box::new(crate::worker::batch::WsBatch::new(head)));
         self.endpoint = Endpoint::Batched;
     }
 
     /// Puts the client on an HTTP stream (SSE or long-poll).
     pub fn set_stream(&mut self, s: crate::worker::stream::HttpStream) {
         let guard = self.guard.get_or_insert_with(Box::default);
-        guard.attached.get_or_insert_with(Box::default).stream = Some(Box::new(s));
+        guard.attached.get_or_insert_with(Box::default).framer = Framer::Http(Box::new(s));
         self.endpoint = Endpoint::Stream;
     }
 
@@ -303,7 +316,14 @@ impl Conn {
         if self.endpoint == Endpoint::Stream {
             self.endpoint = Endpoint::Standard;
         }
-        self.guard.as_mut()?.attached.as_mut()?.stream.take()
+        let a = self.guard.as_mut()?.attached.as_mut()?;
+        match std::mem::take(&mut a.framer) {
+            Framer::Http(s) => Some(s),
+            other => {
+                a.framer = other;
+                None
+            }
+        }
     }
 
     /// Authentication state (`Off` without a guard).
@@ -327,6 +347,44 @@ impl Conn {
 mod tests {
     use super::*;
 
+    fn conn() -> (Conn, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (ours, _) = l.accept().unwrap();
+        let tcp = mio::net::TcpStream::from_std(ours);
+        let key = ConnKey {
+            slot: 0,
+            generation: 1,
+        };
+        (Conn::new(Transport::Plain(tcp), key, 0), peer)
+    }
+
+    #[test]
+    fn a_connection_is_written_one_way_and_the_endpoint_says_which() {
+        let (mut c, _peer) = conn();
+        assert!(matches!(c.write_parts().0, Framing::Frames));
+        let s = crate::worker::stream::HttpStream::new(
+            crate::protocol::http::StreamKind::Sse,
+            &["AAPL".into()],
+            &[],
+            0,
+            false,
+        );
+        c.set_stream(s);
+        assert_eq!(c.endpoint, Endpoint::Stream);
+        assert!(c.stream().is_some());
+        assert!(matches!(c.write_parts().0, Framing::Http(_)));
+        assert!(c.take_stream().is_some());
+        assert_eq!(c.endpoint, Endpoint::Standard);
+        assert!(c.stream().is_none() && c.take_stream().is_none());
+        assert!(matches!(c.write_parts().0, Framing::Frames));
+        // Batched: not a stream, and taking a stream leaves the batch.
+        c.set_batched(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        assert_eq!(c.endpoint, Endpoint::Batched);
+        assert!(c.stream().is_none() && c.take_stream().is_none());
+        assert!(matches!(c.write_parts().0, Framing::Batched(_)));
+    }
+
     #[test]
     fn an_idle_connection_state_stays_small() {
         // Part of the 512-bytes-per-idle-connection budget (README, S5).
@@ -340,5 +398,9 @@ mod tests {
         let guard = std::mem::size_of::<Guard>();
         eprintln!("Guard is {guard} bytes");
         assert!(guard <= 56, "Guard grew to {guard} bytes");
+        // An authenticated or streaming client's extra: one framer at a time.
+        let attached = std::mem::size_of::<Attached>();
+        eprintln!("Attached is {attached} bytes");
+        assert!(attached <= 32, "Attached grew to {attached} bytes");
     }
 }
