@@ -8,6 +8,13 @@
 //!
 //! It is a yardstick for the engine, not a product: no subscriptions, no snapshots,
 //! no conflation, no multi-core.
+//!
+//! `--reply-subscribe` answers a client's first message with one `subscribed`
+//! frame, as a server that confirms subscriptions does. It changes nothing for
+//! the server but a lot for a client's TCP: a reply followed by a quiet
+//! moment lets the client's delayed-ACK timer fire, which takes its socket
+//! out of the interactive ("pingpong") mode, and from then on it ACKs every
+//! read instead of every second segment (perf/DEFAULTS.md, "The clients' ACKs").
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
@@ -39,6 +46,8 @@ struct Client {
     backlog: Vec<u8>,
     /// Last write was short or would block: wait for a writable event.
     blocked: bool,
+    /// `--reply-subscribe`: the confirmation is still to be sent.
+    confirm: bool,
 }
 
 struct Ingest {
@@ -58,26 +67,32 @@ struct Server {
     seqs: HashMap<Box<[u8]>, u64>,
     scratch: Box<[u8]>,
     dropped_slow: u64,
+    reply_subscribe: bool,
 }
+
+/// `--reply-subscribe`'s answer: what a subscribing server confirms with.
+const SUBSCRIBED: &[u8] = b"\x81\x15{\"type\":\"subscribed\"}";
 
 fn main() -> Result<()> {
     let mut listen: Option<SocketAddr> = None;
     let mut ingest: Option<SocketAddr> = None;
+    let mut reply_subscribe = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let v = args.next().with_context(|| format!("{a} needs a value"));
+        let mut value = || args.next().with_context(|| format!("{a} needs a value"));
         match a.as_str() {
-            "--listen" => listen = Some(v?.parse().context("--listen")?),
-            "--ingest" => ingest = Some(v?.parse().context("--ingest")?),
-            _ => bail!("usage: baseline --listen ADDR --ingest ADDR"),
+            "--listen" => listen = Some(value()?.parse().context("--listen")?),
+            "--ingest" => ingest = Some(value()?.parse().context("--ingest")?),
+            "--reply-subscribe" => reply_subscribe = true,
+            _ => bail!("usage: baseline --listen ADDR --ingest ADDR [--reply-subscribe]"),
         }
     }
     let listen = listen.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
     let ingest = ingest.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
-    run(listen, ingest)
+    run(listen, ingest, reply_subscribe)
 }
 
-fn run(listen: SocketAddr, ingest: SocketAddr) -> Result<()> {
+fn run(listen: SocketAddr, ingest: SocketAddr, reply_subscribe: bool) -> Result<()> {
     let poll = Poll::new()?;
     let mut listener = TcpListener::bind(listen).context("bind --listen")?;
     let mut ingest_listener = TcpListener::bind(ingest).context("bind --ingest")?;
@@ -101,6 +116,7 @@ fn run(listen: SocketAddr, ingest: SocketAddr) -> Result<()> {
         seqs: HashMap::new(),
         scratch: vec![0u8; 256 << 10].into_boxed_slice(),
         dropped_slow: 0,
+        reply_subscribe,
     };
     let mut events = Events::with_capacity(4096);
     loop {
@@ -162,6 +178,7 @@ impl Server {
                             upgraded: false,
                             backlog: Vec::new(),
                             blocked: false,
+                            confirm: self.reply_subscribe,
                         })
                     } else {
                         Conn::Ingest(Ingest {
@@ -306,18 +323,27 @@ fn write_once(stream: &mut TcpStream, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
-/// Reads and discards client input, doing the upgrade first. False: connection gone.
+/// Reads and discards client input, doing the upgrade first (and confirming
+/// the first message after it, with `--reply-subscribe`). False: connection gone.
 fn read_client(c: &mut Client, scratch: &mut [u8]) -> bool {
     loop {
         match c.stream.read(scratch) {
             Ok(0) => return false,
             Ok(n) => {
-                if !c.upgraded {
+                let message = if c.upgraded {
+                    true
+                } else {
                     c.request.extend_from_slice(&scratch[..n]);
                     match upgrade(c) {
-                        Ok(true) => {}
-                        Ok(false) if c.request.len() < MAX_REQUEST => {}
+                        Ok(Some(pipelined)) => pipelined,
+                        Ok(None) if c.request.len() < MAX_REQUEST => false,
                         _ => return false,
+                    }
+                };
+                if message && c.confirm {
+                    c.confirm = false;
+                    if !flush_client(c, SUBSCRIBED) {
+                        return false;
                     }
                 }
             }
@@ -328,13 +354,15 @@ fn read_client(c: &mut Client, scratch: &mut [u8]) -> bool {
     }
 }
 
-/// Completes the handshake once the request head is in. Ok(false): need more bytes.
-fn upgrade(c: &mut Client) -> Result<bool> {
+/// Completes the handshake once the request head is in: `Ok(Some(pipelined))`
+/// (whether bytes followed the head), `Ok(None)`: need more bytes.
+fn upgrade(c: &mut Client) -> Result<Option<bool>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
-    if req.parse(&c.request)?.is_partial() {
-        return Ok(false);
-    }
+    let httparse::Status::Complete(head) = req.parse(&c.request)? else {
+        return Ok(None);
+    };
+    let pipelined = c.request.len() > head;
     let key = req
         .headers
         .iter()
@@ -352,7 +380,7 @@ fn upgrade(c: &mut Client) -> Result<bool> {
         c.backlog.extend_from_slice(&reply.as_bytes()[n..]);
         c.blocked = true;
     }
-    Ok(true)
+    Ok(Some(pipelined))
 }
 
 /// Reads ingest lines and appends one frame per line to `frames`. False: closed.
@@ -475,5 +503,65 @@ mod tests {
         assert_eq!(out[1], 126);
         let len = u16::from_be_bytes([out[2], out[3]]) as usize;
         assert_eq!(len, out.len() - 4);
+    }
+
+    /// A client over a real loopback socket: the 101, then (with
+    /// `--reply-subscribe`) one `subscribed` frame for its first message, and
+    /// nothing for the next, whether the first came with the request or after it.
+    #[test]
+    fn reply_subscribe_confirms_the_first_message_once() {
+        use std::io::{Read, Write};
+        use std::time::Duration;
+        let req = "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        let sub = b"\x81\x80abcd"; // an empty masked text frame
+        for (confirm, pipelined) in [(true, false), (true, true), (false, false)] {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (server, _) = l.accept().unwrap();
+            server.set_nonblocking(true).unwrap();
+            let mut c = Client {
+                stream: TcpStream::from_std(server),
+                request: Vec::new(),
+                upgraded: false,
+                backlog: Vec::new(),
+                blocked: false,
+                confirm,
+            };
+            let mut scratch = vec![0u8; 4096];
+            let mut first = req.as_bytes().to_vec();
+            if pipelined {
+                first.extend_from_slice(sub);
+            }
+            client.write_all(&first).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(read_client(&mut c, &mut scratch));
+            for _ in 0..2 {
+                client.write_all(sub).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                assert!(read_client(&mut c, &mut scratch));
+            }
+            client
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = client.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            let text = String::from_utf8_lossy(&got);
+            assert!(text.starts_with("HTTP/1.1 101 "), "{text}");
+            let head = text.find("\r\n\r\n").unwrap() + 4;
+            let want: &[u8] = if confirm { SUBSCRIBED } else { b"" };
+            assert_eq!(
+                &got[head..],
+                want,
+                "confirm {confirm}, pipelined {pipelined}"
+            );
+        }
+        assert_eq!(SUBSCRIBED[1] as usize, SUBSCRIBED.len() - 2);
     }
 }
