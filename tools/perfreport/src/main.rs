@@ -16,6 +16,8 @@ use serde_json::Value;
 
 const ENGINE_ORDER: [&str; 5] = ["tickwire", "tickwire-1w", "baseline", "ws", "nats"];
 
+const USAGE: &str = "usage: perfreport [--input FILE] [--out FILE] [--plots DIR]";
+
 fn main() -> Result<()> {
     let mut input: Option<PathBuf> = None;
     let mut out = PathBuf::from("perf/RESULTS.md");
@@ -27,7 +29,14 @@ fn main() -> Result<()> {
             "--input" => input = Some(v()?.into()),
             "--out" => out = v()?.into(),
             "--plots" => plots_dir = v()?.into(),
-            _ => bail!("usage: perfreport [--input FILE] [--out FILE] [--plots DIR]"),
+            "-h" | "--help" => {
+                println!(
+                    "{USAGE}\n\nRenders a perf/run JSON (default: the newest in perf/history) \
+                     as RESULTS.md (default: perf/RESULTS.md) and its plots (default: perf/plots)."
+                );
+                return Ok(());
+            }
+            _ => bail!("{USAGE}"),
         }
     }
     let input = match input {
