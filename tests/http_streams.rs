@@ -453,12 +453,14 @@ fn stalled_sse_streams_hold_bounded_memory() {
             }
         }
         feed.send_raw(batch.as_bytes());
+        // One round in flight at a time: what the engine holds between its
+        // reading a round and writing it is not the streams' memory.
+        srv.wait_metric(
+            "tickwire_ingest_messages_total",
+            |v| v >= before + n,
+            Duration::from_secs(20),
+        );
     }
-    srv.wait_metric(
-        "tickwire_ingest_messages_total",
-        |v| v >= before + n,
-        Duration::from_secs(20),
-    );
     srv.wait_metric(
         "tickwire_conflated_total",
         |v| v > 0.0,
@@ -468,7 +470,10 @@ fn stalled_sse_streams_hold_bounded_memory() {
     eprintln!("{STREAMS} stalled SSE streams: RSS grew {grown} KiB");
     // Up to 8 KiB staged plus one event each, in a buffer at most twice
     // that: 300 × 16 KiB is under 5 MiB; a whole turn framed at once held
-    // over 100 KiB each.
+    // over 100 KiB each. Measured: 8.2-8.5 MiB with the rounds one at a
+    // time (5.2-5.4 MiB with one stream); 10-20 MiB when the feed ran ahead
+    // and the engine read several rounds in one turn, whose updates the
+    // allocator kept; 109-145 MiB with the stage's bound raised 1,000-fold.
     assert!(grown < 16 * 1024, "RSS grew {grown} KiB");
     // And they are alive: a reader gets the newest value.
     let got = streams[0].until("M0 3000", |e| is_update(e, "M0", 3000));
