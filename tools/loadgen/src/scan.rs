@@ -118,9 +118,11 @@ pub struct Update<'a> {
 /// [`t_ns`] together.
 #[inline]
 pub fn update(m: &[u8]) -> Option<Update<'_>> {
-    if let Some(u) = update_by_position(m) {
-        return Some(u);
-    }
+    update_by_position(m).or_else(|| update_by_search(m))
+}
+
+/// The same fields found by searching, whatever the layout.
+fn update_by_search(m: &[u8]) -> Option<Update<'_>> {
     match frame_type(m) {
         // Peers that omit "type" still count if the frame carries a seq.
         FrameType::Update | FrameType::Missing => Some(Update {
@@ -213,16 +215,6 @@ mod tests {
     /// on frames that match the layout, break it at each byte, or differ.
     #[test]
     fn update_by_position_agrees_with_the_searches() {
-        fn searched(m: &[u8]) -> Option<Update<'_>> {
-            match frame_type(m) {
-                FrameType::Update | FrameType::Missing => Some(Update {
-                    seq: seq(m)?,
-                    ch: ch(m)?,
-                    t_ns: t_ns(m),
-                }),
-                _ => None,
-            }
-        }
         let tick = br#"{"type":"update","ch":"AAPL","seq":42,"data":{"ch":"AAPL","n":7,"t":1700000000123456789,"bid":1.5}}"#;
         let u = update_by_position(tick).expect("the layout is read by position");
         assert_eq!(
@@ -255,7 +247,12 @@ mod tests {
             frames.push(tick[..i].to_vec());
         }
         for m in &frames {
-            assert_eq!(update(m), searched(m), "{}", String::from_utf8_lossy(m));
+            assert_eq!(
+                update(m),
+                update_by_search(m),
+                "{}",
+                String::from_utf8_lossy(m)
+            );
         }
     }
 
