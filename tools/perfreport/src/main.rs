@@ -99,14 +99,39 @@ fn microbench_section(text: &str) -> String {
     md
 }
 
-/// Every table of `text`, a blank line before each, so they stay apart.
+/// Every table of `text`, a blank line before each, so they stay apart,
+/// and before the first table of each section that section's headings
+/// (`Section · Subsection`; the page's title is the report's section), so
+/// a copied table says what it is.
 fn tables(text: &str) -> String {
     let mut md = String::new();
     let mut in_table = false;
+    // The headings over the current line, by level.
+    let mut path: Vec<&str> = Vec::new();
+    let mut labelled = String::new();
+    let mut fenced = false;
     for l in text.lines() {
+        // A `# ` inside a fenced block is a shell comment, not a heading.
+        fenced ^= l.starts_with("```");
+        let level = l.bytes().take_while(|&b| b == b'#').count();
+        if !fenced && level > 1 && l.as_bytes().get(level) == Some(&b' ') {
+            path.truncate(level - 2);
+            path.resize(level - 2, "");
+            path.push(l[level..].trim());
+        }
         let row = l.starts_with('|');
         if row && !in_table {
             md.push('\n');
+            let label = path
+                .iter()
+                .filter(|h| !h.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" · ");
+            if !label.is_empty() && label != labelled {
+                md.push_str(&format!("*{label}*\n\n"));
+                labelled = label;
+            }
         }
         if row {
             md.push_str(l);
@@ -1124,6 +1149,24 @@ mod tests {
         // Two tables stay two tables.
         let two = "| a |\n|---|\n| 1 |\n\nprose\n\n| b |\n|---|\n| 2 |\n";
         assert!(microbench_section(two).contains("| 1 |\n\n| b |"));
+    }
+
+    #[test]
+    fn a_copied_table_is_labelled_with_its_headings_once() {
+        let text = "# Page\n\n| a |\n|---|\n\n## One\n\nprose\n\n| b |\n|---|\n\n| c |\n|---|\n\n\
+                    ### Sub\n\n| d |\n|---|\n\n## Two\n\n| e |\n|---|\n\n#not a heading\n\n| f |\n|---|\n\
+                    ```\n# a comment\n```\n\n| g |\n|---|\n";
+        let md = tables(text);
+        // The page's title is not repeated over its tables.
+        assert!(md.starts_with("\n| a |"), "{md}");
+        assert!(md.contains("\n*One*\n\n| b |\n|---|\n\n| c |"), "{md}");
+        assert_eq!(md.matches("*One*").count(), 1, "{md}");
+        assert!(md.contains("\n*One · Sub*\n\n| d |"), "{md}");
+        // A new section at the same level drops the subsection.
+        assert!(md.contains("\n*Two*\n\n| e |"), "{md}");
+        assert!(md.contains("| e |\n|---|\n\n| f |"), "{md}");
+        assert!(md.contains("| f |\n|---|\n\n| g |"), "{md}");
+        assert!(!md.contains("prose"));
     }
 
     #[test]
