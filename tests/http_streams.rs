@@ -470,10 +470,11 @@ fn stalled_sse_streams_hold_bounded_memory() {
     eprintln!("{STREAMS} stalled SSE streams: RSS grew {grown} KiB");
     // Up to 8 KiB staged plus one event each, in a buffer at most twice
     // that: 300 × 16 KiB is under 5 MiB; a whole turn framed at once held
-    // over 100 KiB each. Measured: 8.2-8.5 MiB with the rounds one at a
-    // time (5.2-5.4 MiB with one stream); 10-20 MiB when the feed ran ahead
-    // and the engine read several rounds in one turn, whose updates the
-    // allocator kept; 109-145 MiB with the stage's bound raised 1,000-fold.
+    // over 100 KiB each. Measured: 8.0-8.3 MiB with the rounds one at a
+    // time (5.0-5.3 MiB with one stream); 10.5-20.0 MiB when the feed ran
+    // ahead and the engine read several rounds in one turn, whose updates
+    // the allocator kept; 108-145 MiB with the stage's bound raised
+    // 1,000-fold.
     assert!(grown < 16 * 1024, "RSS grew {grown} KiB");
     // And they are alive: a reader gets the newest value.
     let got = streams[0].until("M0 3000", |e| is_update(e, "M0", 3000));
